@@ -1,0 +1,138 @@
+//! Per-sample bookkeeping shared by every solver: residuals, stopping, lowest-residual iterate,
+//! status and trace.
+use burn::tensor::{Bool, Tensor, TensorData};
+
+use super::stats::{SampleStats, SolveStatus, SolverStats};
+use super::{StopMode, StopRule};
+
+/// Guards the relative residual against division by zero.
+const REL_EPS: f64 = 1e-12;
+
+/// What one observation found, per sample (only samples that were active before it).
+pub(crate) struct Observation {
+    /// The iterate is the sample's new lowest-residual one.
+    pub improved: Vec<bool>,
+    /// The sample produced a non-finite residual at this iterate.
+    pub non_finite: Vec<bool>,
+}
+
+pub(crate) struct Tracker {
+    rule: StopRule,
+    active: Vec<bool>,
+    samples: Vec<SampleStats>,
+    best_res: Vec<f64>,
+    best_z: Tensor<2>,
+    evaluations: usize,
+}
+
+impl Tracker {
+    pub fn new(z0: &Tensor<2>, rule: StopRule) -> Self {
+        let batch = z0.dims()[0];
+        let sample = SampleStats {
+            status: SolveStatus::MaxIterations,
+            iterations: 0,
+            best_iteration: 0,
+            abs_residual: f64::INFINITY,
+            rel_residual: f64::INFINITY,
+            trace: Vec::new(),
+        };
+        Self {
+            rule,
+            active: vec![true; batch],
+            samples: vec![sample; batch],
+            best_res: vec![f64::INFINITY; batch],
+            best_z: z0.clone(),
+            evaluations: 0,
+        }
+    }
+
+    pub fn any_active(&self) -> bool {
+        self.active.iter().any(|&a| a)
+    }
+
+    pub fn active(&self) -> &[bool] {
+        &self.active
+    }
+
+    /// `[batch, dim]` mask, true on the rows of samples that no longer move.
+    pub fn frozen_mask(&self, like: &Tensor<2>) -> Tensor<2, Bool> {
+        let frozen: Vec<bool> = self.active.iter().map(|a| !a).collect();
+        row_mask(&frozen, like)
+    }
+
+    pub fn best(&self) -> &Tensor<2> {
+        &self.best_z
+    }
+
+    /// Records the iterate `z` with image `fz = F(z)` (both `[batch, dim]`) at iteration `iter`.
+    pub fn observe(&mut self, iter: usize, z: &Tensor<2>, fz: &Tensor<2>) -> Observation {
+        self.evaluations += 1;
+        let batch = self.active.len();
+        let residual = fz.clone() - z.clone();
+        let abs = residual.powi_scalar(2).sum_dim(1).sqrt();
+        let fnorm = fz.clone().powi_scalar(2).sum_dim(1).sqrt();
+        let host: Vec<f64> = Tensor::cat(vec![abs, fnorm], 1).into_data().iter::<f64>().collect();
+
+        let mut improved = vec![false; batch];
+        let mut non_finite = vec![false; batch];
+        for b in 0..batch {
+            if !self.active[b] {
+                continue;
+            }
+            let abs = host[2 * b];
+            let rel = abs / (host[2 * b + 1] + REL_EPS);
+            let res = match self.rule.mode {
+                StopMode::Absolute => abs,
+                StopMode::Relative => rel,
+            };
+            let s = &mut self.samples[b];
+            s.iterations = iter;
+            s.trace.push(res);
+            if !res.is_finite() || !rel.is_finite() {
+                s.status = SolveStatus::NonFinite;
+                non_finite[b] = true;
+                self.active[b] = false;
+                continue;
+            }
+            if res < self.best_res[b] {
+                self.best_res[b] = res;
+                s.abs_residual = abs;
+                s.rel_residual = rel;
+                s.best_iteration = iter;
+                improved[b] = true;
+            }
+            if res <= self.rule.tol {
+                s.status = SolveStatus::Converged;
+                self.active[b] = false;
+            } else if res > self.rule.divergence_factor * self.best_res[b] {
+                s.status = SolveStatus::Diverged;
+                self.active[b] = false;
+            }
+        }
+        if improved.iter().all(|&i| i) {
+            self.best_z = z.clone();
+        } else if improved.iter().any(|&i| i) {
+            self.best_z = self.best_z.clone().mask_where(row_mask(&improved, z), z.clone());
+        }
+        Observation {
+            improved,
+            non_finite,
+        }
+    }
+
+    /// Ends the solve: returns the per-sample lowest-residual iterates and the statistics.
+    pub fn finish(self) -> (Tensor<2>, SolverStats) {
+        let stats = SolverStats {
+            samples: self.samples,
+            evaluations: self.evaluations,
+        };
+        (self.best_z, stats)
+    }
+}
+
+/// `[batch, dim]` bool mask from one flag per row.
+pub(crate) fn row_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
+    let [batch, dim] = like.dims();
+    Tensor::<2, Bool>::from_data(TensorData::new(rows.to_vec(), [batch, 1]), &like.device())
+        .expand([batch, dim])
+}
