@@ -106,8 +106,9 @@ pub struct StopRule {
     pub mode: StopMode,
     /// Tolerance (> 0).
     pub tol: f64,
-    /// A sample whose residual exceeds `divergence_factor ×` its lowest residual is stopped as
-    /// [`SolveStatus::Diverged`].
+    /// A sample whose absolute residual exceeds `divergence_factor ×` its lowest absolute
+    /// residual is stopped as [`SolveStatus::Diverged`] (the relative residual stays bounded
+    /// when the iterates blow up, so it cannot detect divergence).
     pub divergence_factor: f64,
 }
 

@@ -8,7 +8,7 @@ pub enum SolveStatus {
     Converged,
     /// The iteration budget ran out first (the lowest-residual iterate is returned).
     MaxIterations,
-    /// The residual grew past `divergence_factor ×` its lowest value; the sample was frozen at
+    /// The absolute residual grew past `divergence_factor ×` its lowest value; the sample was frozen at
     /// its lowest-residual iterate.
     Diverged,
     /// `f` produced NaN or ±∞ for this sample; it was frozen at its lowest-residual finite iterate

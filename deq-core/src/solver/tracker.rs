@@ -21,6 +21,7 @@ pub(crate) struct Tracker {
     active: Vec<bool>,
     samples: Vec<SampleStats>,
     best_res: Vec<f64>,
+    min_abs: Vec<f64>,
     best_z: Tensor<2>,
     evaluations: usize,
 }
@@ -41,6 +42,7 @@ impl Tracker {
             active: vec![true; batch],
             samples: vec![sample; batch],
             best_res: vec![f64::INFINITY; batch],
+            min_abs: vec![f64::INFINITY; batch],
             best_z: z0.clone(),
             evaluations: 0,
         }
@@ -101,10 +103,11 @@ impl Tracker {
                 s.best_iteration = iter;
                 improved[b] = true;
             }
+            self.min_abs[b] = self.min_abs[b].min(abs);
             if res <= self.rule.tol {
                 s.status = SolveStatus::Converged;
                 self.active[b] = false;
-            } else if res > self.rule.divergence_factor * self.best_res[b] {
+            } else if abs > self.rule.divergence_factor * self.min_abs[b] {
                 s.status = SolveStatus::Diverged;
                 self.active[b] = false;
             }

@@ -1,0 +1,265 @@
+//! Every backward mode against exact gradients on the documented toy layer, in f64.
+mod common;
+
+use burn::tensor::Tensor;
+use common::*;
+use deq_core::{BackwardMode, DeqConfig, DeqFunction, SolverConfig, SolverKind, StopMode};
+
+const NAMES: [&str; 4] = ["W", "U", "b", "x"];
+
+fn toy() -> Toy {
+    Toy::new(7, 4, 16, 8, 0.7)
+}
+
+/// Must-show 1a: Implicit matches central finite differences of the loss to ≤ 1e-5 (every
+/// entry of every parameter).
+#[test]
+fn implicit_matches_finite_differences() {
+    let toy = toy();
+    let config = DeqConfig::new(tight_broyden(1e-13)).with_backward(exact_implicit());
+    let (grads, out) = toy_gradients(&toy, &config);
+    assert!(out.stats.all_converged());
+    let solver = tight_broyden(1e-14);
+    let h = 1e-6;
+    for (which, size) in toy.sizes().into_iter().enumerate() {
+        let fd: Vec<f64> = (0..size)
+            .map(|i| (toy_loss(&toy, &solver, which, i, h) - toy_loss(&toy, &solver, which, i, -h)) / (2.0 * h))
+            .collect();
+        let err = rel_err(&grads[which], &fd);
+        println!("{}: relative error vs finite differences {err:.3e}", NAMES[which]);
+        assert!(err <= 1e-5, "{}: relative error {err:e}", NAMES[which]);
+    }
+}
+
+/// Must-show 1b: Implicit matches the Unrolled gradient of a long converged solve to ≤ 1e-6.
+#[test]
+fn implicit_matches_long_unrolled_solve() {
+    let toy = toy();
+    let implicit = DeqConfig::new(tight_broyden(1e-13)).with_backward(exact_implicit());
+    let unrolled = DeqConfig::new(
+        SolverConfig::new(SolverKind::fixed_point()).with_max_iter(400).with_tol(1e-15).with_stop(StopMode::Absolute),
+    )
+    .with_backward(BackwardMode::Unrolled);
+    let (gi, _) = toy_gradients(&toy, &implicit);
+    let (gu, out) = toy_gradients(&toy, &unrolled);
+    println!("unrolled iterations: {}", out.stats.max_iterations());
+    for which in 0..4 {
+        let err = rel_err(&gi[which], &gu[which]);
+        println!("{}: implicit vs unrolled {err:.3e}", NAMES[which]);
+        assert!(err <= 1e-6, "{}: {err:e}", NAMES[which]);
+    }
+}
+
+fn shine_config(tol: f64, mode: BackwardMode) -> DeqConfig {
+    DeqConfig::new(SolverConfig::new(SolverKind::broyden(60)).with_max_iter(100).with_tol(tol)).with_backward(mode)
+}
+
+/// Must-show 3a: with Broyden converged to relative residual ≤ 1e-6, SHINE's weight gradient
+/// has cosine ≥ 0.9 with the implicit one.
+#[test]
+fn shine_gradient_is_close_to_implicit() {
+    let toy = toy();
+    let (exact, _) = toy_gradients(&toy, &shine_config(1e-6, exact_implicit()));
+    let (shine, out) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::shine()));
+    assert!(out.stats.all_converged() && out.stats.max_rel_residual() <= 1e-6);
+    let (jfb, _) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::jacobian_free()));
+    let cos = cosine(&shine[0], &exact[0]);
+    let cos_jfb = cosine(&jfb[0], &exact[0]);
+    println!("cosine(SHINE, implicit) for W: {cos:.6}; JFB: {cos_jfb:.6}");
+    assert!(cos >= 0.9, "cosine {cos}");
+    assert!(cos > cos_jfb, "SHINE ({cos}) should beat JFB ({cos_jfb})");
+    let report = out.backward.get().expect("backward ran");
+    assert_eq!(report.mode, "shine");
+    assert_eq!(report.vjp_evaluations, 0, "SHINE needs no vector-Jacobian product");
+}
+
+/// Must-show 3b: applying `B` instead of `Bᵀ` is measurably worse. Compares both adjoint
+/// estimates with the exact adjoint `(I − J_f)⁻ᵀ g`, computed densely per sample, over
+/// several random problems: `Bᵀ` must win on every one and by ≥ 1.5× on average.
+#[test]
+fn transpose_matters() {
+    let mut ratios = Vec::new();
+    for seed in 1..=5 {
+        let (err_t, err_b) = adjoint_errors(&Toy::new(seed, 4, 16, 8, 0.7));
+        println!("seed {seed}: mean relative adjoint error Bᵀ {err_t:.4e}, B {err_b:.4e}");
+        assert!(err_t < err_b, "seed {seed}: Bᵀ ({err_t}) must beat B ({err_b})");
+        ratios.push(err_b / err_t);
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    println!("mean error ratio B / Bᵀ: {mean:.3}");
+    assert!(mean >= 1.5, "ratios {ratios:?}");
+}
+
+/// Mean over samples of the relative error of `−Bᵀg` and of `−Bg` against the exact adjoint.
+fn adjoint_errors(toy: &Toy) -> (f64, f64) {
+    let params = toy.plain_shifted(0, 0, 0.0);
+    let f = toy_fn();
+    let mut map = |z: Tensor<2>| f.forward(z, &params);
+    let result = SolverConfig::new(SolverKind::broyden(60)).with_max_iter(100).with_tol(1e-8).solve(&mut map, toy.z0(), 100).unwrap();
+    assert!(result.stats.all_converged());
+    let inverse = result.inverse.unwrap();
+    let g = toy.c();
+    let w_t = host(&inverse.apply_transposed(g.clone()).neg());
+    let w_b = host(&inverse.apply(g.clone()).neg());
+    let bg_low = host(&inverse.apply(g));
+    // With row vectors z ↦ tanh(zW + …): (J_f)_{ij} = (1 − f_i²) W_{ji}. Solve (I − J_f)ᵀ w = g.
+    let fz = host(&f.forward(result.z.clone(), &params));
+    let (n, batch) = (toy.dim, toy.batch);
+    let (mut err_t, mut err_b) = (0.0, 0.0);
+    for s in 0..batch {
+        let mut a = vec![0.0; n * n]; // a[r][c] = δ_rc − J_f[c][r] = δ_rc − (1 − f_c²) W_{rc}
+        for r in 0..n {
+            for c in 0..n {
+                let jf_cr = (1.0 - fz[s * n + c].powi(2)) * toy.w[r * n + c];
+                a[r * n + c] = if r == c { 1.0 } else { 0.0 } - jf_cr;
+            }
+        }
+        let exact = solve_dense(a, toy.c[s * n..(s + 1) * n].to_vec());
+        err_t += rel_err(&w_t[s * n..(s + 1) * n], &exact);
+        err_b += rel_err(&w_b[s * n..(s + 1) * n], &exact);
+        // The low-rank products agree with the dense matrix −I + U Vᵀ.
+        let dense = inverse.dense(s);
+        let gs = &toy.c[s * n..(s + 1) * n];
+        let bg: Vec<f64> = (0..n).map(|r| (0..n).map(|c| dense[r * n + c] * gs[c]).sum::<f64>()).collect();
+        assert!(rel_err(&bg_low[s * n..(s + 1) * n], &bg) < 1e-12);
+    }
+    (err_t / batch as f64, err_b / batch as f64)
+}
+
+/// Must-show 3c: refine k = 0, 1, 5, 20 approaches Implicit monotonically and reaches ≤ 1e-4.
+#[test]
+fn refine_converges_to_implicit() {
+    let toy = toy();
+    let (exact, _) = toy_gradients(&toy, &shine_config(1e-6, exact_implicit()));
+    let mut errors = Vec::new();
+    for k in [0, 1, 5, 20] {
+        let (g, out) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::Shine { fallback: None, refine: k }));
+        let err = rel_err(&g[0], &exact[0]);
+        println!("refine {k:>2}: relative error {err:.3e}, VJPs {}", out.backward.get().unwrap().vjp_evaluations);
+        errors.push(err);
+    }
+    for pair in errors.windows(2) {
+        assert!(pair[1] <= pair[0] * 1.05 + 1e-12, "not monotone: {errors:?}");
+    }
+    assert!(errors[3] <= 1e-4, "refine 20: {}", errors[3]);
+}
+
+/// Must-show 3c (JFB variant): JFB + refine also approaches Implicit.
+#[test]
+fn jfb_refine_converges_to_implicit() {
+    let toy = toy();
+    let (exact, _) = toy_gradients(&toy, &shine_config(1e-6, exact_implicit()));
+    let (g0, _) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::JacobianFree { refine: 0 }));
+    let (g20, _) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::JacobianFree { refine: 20 }));
+    let (e0, e20) = (rel_err(&g0[0], &exact[0]), rel_err(&g20[0], &exact[0]));
+    println!("JFB {e0:.3e}, JFB + refine 20 {e20:.3e}");
+    assert!(e20 <= 1e-4 && e20 < e0);
+}
+
+/// Must-show 3d: the fallback fires per sample on an ill-conditioned case and only there.
+/// Sample 0 sees `f(z) = tanh(s (z W) + x)` with s ‖W‖ = 0.99 (a nearly singular I − J_f),
+/// the others s ‖W‖ = 0.3.
+#[test]
+fn fallback_fires_only_on_the_ill_conditioned_sample() {
+    let (batch, dim) = (4, 12);
+    let mut rng = Rng::new(11);
+    let a = rng.normals(dim * dim);
+    // Symmetric, so the spectral radius equals the norm and I − J_f is nearly singular.
+    let sym: Vec<f64> = (0..dim * dim).map(|k| { let (i, j) = (k / dim, k % dim); a[i * dim + j] + a[j * dim + i] }).collect();
+    let s = spectral_norm(&sym, dim, dim);
+    let w: Vec<f64> = sym.iter().map(|v| v / s).collect();
+    let scales = vec![0.99, 0.3, 0.3, 0.3];
+    let x: Vec<f64> = rng.normals(batch * dim).iter().map(|v| 1e-3 * v).collect();
+    let c = rng.normals(batch * dim);
+    
+    let run = |mode: BackwardMode| {
+        let xt = tensor2(x.clone(), [batch, dim]).autodiff().require_grad();
+        let inputs = (tensor2(w.clone(), [dim, dim]), tensor2(scales.clone(), [batch, 1]), xt.clone());
+        let f = deq_core::deq_fn(|z: Tensor<2>, (w, s, x): &(Tensor<2>, Tensor<2>, Tensor<2>)| {
+            (z.matmul(w.clone()) * s.clone() + x.clone()).tanh()
+        });
+        let deq = shine_config(1e-8, mode).init().unwrap();
+        let out = deq.forward(&f, &inputs, Tensor::zeros([batch, dim], (&device(), burn::tensor::DType::F64))).unwrap();
+        assert!(out.stats.all_converged());
+        let grads = (out.z.clone() * tensor2(c.clone(), [batch, dim])).sum().backward();
+        (host(&xt.grad(&grads).unwrap()), out.backward.get())
+    };
+    let (g_fallback, report) = run(BackwardMode::Shine { fallback: Some(1.8), refine: 0 });
+    let (g_shine, _) = run(BackwardMode::shine());
+    let (g_jfb, _) = run(BackwardMode::jacobian_free());
+    let report = report.unwrap();
+    println!("fallback per sample: {:?}", report.fallback);
+    assert_eq!(report.fallback, vec![true, false, false, false]);
+    assert_eq!(report.fallback_count(), 1);
+    // Row 0 of the injection gradient is JFB's, the other rows SHINE's.
+    assert!(rel_err(&g_fallback[..dim], &g_jfb[..dim]) < 1e-12);
+    assert!(rel_err(&g_fallback[dim..], &g_shine[dim..]) < 1e-12);
+    assert!(rel_err(&g_shine[..dim], &g_jfb[..dim]) > 1e-2, "the case must actually be ill-conditioned");
+}
+
+/// Must-show 4a: JacobianFree equals the gradient of one tracked application of f at z*.
+#[test]
+fn jacobian_free_is_one_tracked_application() {
+    let toy = toy();
+    let config = shine_config(1e-10, BackwardMode::jacobian_free());
+    let (g, _) = toy_gradients(&toy, &config);
+    let manual = manual_gradients(&toy, &config, 1, 1.0);
+    for which in 0..4 {
+        assert!(rel_err(&g[which], &manual[which]) < 1e-12, "{}", NAMES[which]);
+    }
+}
+
+/// Must-show 4b: Phantom{k, τ} equals backprop through k damped steps from z*.
+#[test]
+fn phantom_is_backprop_through_damped_steps() {
+    let toy = toy();
+    for (k, tau) in [(1, 1.0), (5, 0.5), (3, 0.8)] {
+        let config = shine_config(1e-10, BackwardMode::Phantom { k, tau });
+        let (g, _) = toy_gradients(&toy, &config);
+        let manual = manual_gradients(&toy, &config, k, tau);
+        for which in 0..4 {
+            let err = rel_err(&g[which], &manual[which]);
+            assert!(err < 1e-12, "k={k} tau={tau} {}: {err:e}", NAMES[which]);
+        }
+    }
+}
+
+/// Gradients of `Σ c ⊙ z_k` where z_k comes from k tracked damped steps from the plain z*.
+fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Vec<f64>> {
+    let plain = toy.plain_shifted(0, 0, 0.0);
+    let f = toy_fn();
+    let mut map = |z: Tensor<2>| f.forward(z, &plain);
+    let z_star = config.solver.solve(&mut map, toy.z0(), config.solver.max_iter).unwrap().z;
+    let params = toy.tracked();
+    let mut z = z_star;
+    for _ in 0..k {
+        z = z.clone() * (1.0 - tau) + f.forward(z, &params) * tau;
+    }
+    let grads = (z * toy.c()).sum().backward();
+    let (w, u, b, x) = params;
+    [w, u, b, x].iter().map(|p| host(&p.grad(&grads).unwrap())).collect()
+}
+
+/// Gaussian elimination with partial pivoting (row-major n × n).
+fn solve_dense(mut a: Vec<f64>, mut b: Vec<f64>) -> Vec<f64> {
+    let n = b.len();
+    for col in 0..n {
+        let p = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs())).unwrap();
+        for j in 0..n {
+            a.swap(p * n + j, col * n + j);
+        }
+        b.swap(p, col);
+        for r in col + 1..n {
+            let f = a[r * n + col] / a[col * n + col];
+            for j in col..n {
+                a[r * n + j] -= f * a[col * n + j];
+            }
+            b[r] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        x[r] = (b[r] - (r + 1..n).map(|j| a[r * n + j] * x[j]).sum::<f64>()) / a[r * n + r];
+    }
+    x
+}
