@@ -45,8 +45,9 @@ mod error;
 mod function;
 pub mod solver;
 mod state;
+pub mod toy;
 
-pub use backward::{BackwardMode, BackwardReport, BackwardStats};
+pub use backward::{BackwardMode, BackwardReport, BackwardStats, ParseModeError};
 pub use deq::{Deq, DeqConfig, DeqOutput};
 pub use error::DeqError;
 pub use function::{DeqFunction, FnDeq, Injection, ModuleDeq, deq_fn, detach_module, module_fn, module_is_autodiff};

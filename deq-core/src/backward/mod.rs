@@ -1,6 +1,9 @@
 //! Backward modes: how the adjoint `w ≈ (I − J_f)⁻ᵀ ∇L` is obtained.
 mod adjoint;
 pub mod op;
+mod spec;
+
+pub use spec::ParseModeError;
 
 use std::sync::{Arc, Mutex};
 
