@@ -71,3 +71,30 @@ impl StateShape {
         }).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    #[test]
+    fn flatten_round_trips_and_checks_shapes() {
+        let device = Device::default();
+        let branches = vec![
+            Tensor::<4>::random([3, 4, 8, 8], Distribution::Default, &device),
+            Tensor::<4>::random([3, 6, 4, 4], Distribution::Default, &device),
+        ];
+        let shape = StateShape::of(&branches);
+        assert_eq!(shape.dim(), 4 * 64 + 6 * 16);
+        let flat = shape.flatten(branches.clone()).unwrap();
+        assert_eq!(flat.dims(), [3, shape.dim()]);
+        for (a, b) in shape.unflatten(flat).unwrap().into_iter().zip(branches) {
+            a.into_data().assert_eq(&b.into_data(), true);
+        }
+        let wrong = vec![Tensor::<4>::zeros([3, 4, 8, 8], &device)];
+        assert!(matches!(shape.flatten(wrong), Err(DeqError::ShapeMismatch { what: "number of state branches", .. })));
+        let wrong = vec![Tensor::<4>::zeros([3, 4, 8, 8], &device), Tensor::<4>::zeros([3, 6, 4, 5], &device)];
+        assert!(matches!(shape.flatten(wrong), Err(DeqError::ShapeMismatch { what: "state branch", .. })));
+        assert!(shape.unflatten(Tensor::zeros([3, 5], &device)).is_err());
+    }
+}

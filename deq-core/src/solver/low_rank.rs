@@ -189,3 +189,91 @@ fn low_rank_product(a: &Tensor<3>, c: &Tensor<3>, x: Tensor<2>) -> Tensor<2> {
     let low_rank = coef.matmul(a.clone()).reshape([batch, dim]);
     low_rank - x
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, Device};
+
+    fn t(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values, shape), (&Device::default(), DType::F32))
+    }
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    /// Dense `−I + Σ u vᵀ` over the given pairs.
+    fn dense_of(pairs: &[(Vec<f64>, Vec<f64>)], n: usize) -> Vec<f64> {
+        let mut m = vec![0.0; n * n];
+        for i in 0..n {
+            m[i * n + i] = -1.0;
+        }
+        for (u, v) in pairs {
+            for r in 0..n {
+                for c in 0..n {
+                    m[r * n + c] += u[r] * v[c];
+                }
+            }
+        }
+        m
+    }
+
+    fn pair(k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+        ((0..n).map(|i| ((k * 7 + i * 3) % 5) as f64 - 2.0).collect(), (0..n).map(|i| ((k * 3 + i) % 4) as f64 * 0.5 - 0.7).collect())
+    }
+
+    #[test]
+    fn ring_buffer_keeps_the_newest_pairs_per_sample() {
+        let n = 3;
+        let z = t(vec![0.0; 2 * n], [2, n]);
+        let mut b = LowRankInverse::identity(&z, 3);
+        let pairs: Vec<_> = (0..5).map(|k| pair(k, n)).collect();
+        for (k, (u, v)) in pairs.iter().enumerate() {
+            // Sample 1 only takes the first two pairs.
+            let write = [true, k < 2];
+            b.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &write);
+        }
+        assert_eq!((b.rank(0), b.rank(1)), (3, 2));
+        assert!(close(&b.dense(0), &dense_of(&pairs[2..], n)), "sample 0 keeps the last three");
+        assert!(close(&b.dense(1), &dense_of(&pairs[..2], n)), "sample 1 keeps its two");
+
+        // Growing keeps the matrix, and the next push evicts nothing.
+        let mut grown = b.clone().with_extra_capacity(2);
+        assert_eq!(grown.capacity(), 5);
+        assert!(close(&grown.dense(0), &b.dense(0)));
+        assert!(close(&grown.dense(1), &b.dense(1)));
+        let (u, v) = pair(9, n);
+        grown.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+        let mut expected = pairs[2..].to_vec();
+        expected.push((u, v));
+        assert!(close(&grown.dense(0), &dense_of(&expected, n)));
+        assert_eq!(grown.rank(0), 4);
+
+        // Products agree with the dense matrix, and the transpose is the transpose.
+        let x = vec![0.3, -1.2, 2.0];
+        let bx: Vec<f64> = grown.apply(t([x.clone(), x.clone()].concat(), [2, n])).into_data().iter::<f64>().collect();
+        let btx: Vec<f64> = grown.apply_transposed(t([x.clone(), x.clone()].concat(), [2, n])).into_data().iter::<f64>().collect();
+        let d = grown.dense(0);
+        let dense_bx: Vec<f64> = (0..n).map(|r| (0..n).map(|c| d[r * n + c] * x[c]).sum()).collect();
+        let dense_btx: Vec<f64> = (0..n).map(|r| (0..n).map(|c| d[c * n + r] * x[c]).sum()).collect();
+        assert!(close(&bx[..n], &dense_bx));
+        assert!(close(&btx[..n], &dense_btx));
+        let transposed = grown.clone().transposed().dense(0);
+        assert!((0..n * n).all(|k| (transposed[k] - d[(k % n) * n + k / n]).abs() < 1e-5));
+    }
+
+    #[test]
+    fn take_where_copies_per_sample() {
+        let n = 2;
+        let z = t(vec![0.0; 2 * n], [2, n]);
+        let mut a = LowRankInverse::identity(&z, 2);
+        let mut b = a.clone();
+        let (u, v) = pair(1, n);
+        b.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+        a.take_where(&b, &[false, true]);
+        assert!(close(&a.dense(0), &dense_of(&[], n)));
+        assert!(close(&a.dense(1), &dense_of(&[(u, v)], n)));
+        assert_eq!((a.rank(0), a.rank(1)), (0, 1));
+    }
+}
