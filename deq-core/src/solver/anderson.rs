@@ -2,7 +2,6 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::StopRule;
-use super::fixed_point::reset_non_finite;
 use super::tracker::Tracker;
 
 /// Anderson acceleration with memory `memory`, ridge `ridge` and mixing `mixing` (β).
@@ -23,10 +22,8 @@ pub(crate) fn anderson(
 ) -> Tracker {
     let [batch, dim] = z0.dims();
     let mut tracker = Tracker::new(&z0, rule);
-    let mut z = z0;
-    let mut fz = fz0;
-    let obs = tracker.observe(0, &z, &fz);
-    reset_non_finite(&mut z, &mut fz, &tracker, &obs.non_finite);
+    let (mut z, mut fz) = (z0, fz0);
+    tracker.start(&mut z, &mut fz);
     let mut xs: Vec<Tensor<2>> = Vec::with_capacity(memory);
     let mut fs: Vec<Tensor<2>> = Vec::with_capacity(memory);
     for iter in 1..=max_iter {
@@ -70,12 +67,7 @@ pub(crate) fn anderson(
             let mixed_x = alpha.matmul(x_hist).reshape([batch, dim]);
             mixed_f * mixing + mixed_x * (1.0 - mixing)
         };
-        let frozen = tracker.frozen_mask(&z);
-        let z_new = step.mask_where(frozen, z.clone());
-        fz = map(z_new.clone());
-        z = z_new;
-        let obs = tracker.observe(iter, &z, &fz);
-        reset_non_finite(&mut z, &mut fz, &tracker, &obs.non_finite);
+        tracker.advance(iter, map, step, &mut z, &mut fz);
     }
     tracker
 }

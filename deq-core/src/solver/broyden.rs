@@ -2,7 +2,6 @@
 use burn::tensor::Tensor;
 
 use super::StopRule;
-use super::fixed_point::reset_non_finite;
 use super::low_rank::LowRankInverse;
 use super::tracker::{Tracker, row_mask};
 
@@ -26,10 +25,8 @@ pub(crate) fn broyden(
     let mut tracker = Tracker::new(&z0, rule);
     let mut inverse = init;
     let mut best_inverse = inverse.clone();
-    let mut z = z0;
-    let mut fz = fz0;
-    let obs = tracker.observe(0, &z, &fz);
-    reset_non_finite(&mut z, &mut fz, &tracker, &obs.non_finite);
+    let (mut z, mut fz) = (z0, fz0);
+    tracker.start(&mut z, &mut fz);
     let mut g = fz.clone() - z.clone();
     for iter in 1..=max_iter {
         if !tracker.any_active() {
@@ -40,10 +37,8 @@ pub(crate) fn broyden(
         let zeros = z.zeros_like();
         // Δz = −B g; frozen samples do not move (mask, not multiply: 0·NaN is NaN).
         let dz = inverse.apply(g.clone()).neg().mask_where(frozen.clone(), zeros.clone());
-        let z_new = z.clone() + dz.clone();
-        fz = map(z_new.clone());
-        let g_new = fz.clone() - z_new.clone();
-        let obs = tracker.observe(iter, &z_new, &fz);
+        let obs = tracker.advance(iter, map, z.clone() + dz.clone(), &mut z, &mut fz);
+        let g_new = fz.clone() - z.clone();
 
         // Secant update for the samples that moved.
         let dg = (g_new.clone() - g).mask_where(frozen, zeros);
@@ -65,13 +60,7 @@ pub(crate) fn broyden(
             inverse.push(u, v, &write);
         }
         best_inverse.take_where(&inverse, &obs.improved);
-
-        z = z_new;
         g = g_new;
-        reset_non_finite(&mut z, &mut fz, &tracker, &obs.non_finite);
-        if obs.non_finite.iter().any(|&n| n) {
-            g = fz.clone() - z.clone();
-        }
     }
     (tracker, best_inverse)
 }

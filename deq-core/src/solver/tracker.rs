@@ -62,12 +62,42 @@ impl Tracker {
         row_mask(&frozen, like)
     }
 
-    pub fn best(&self) -> &Tensor<2> {
-        &self.best_z
+    /// Records the initial point `z` and its image `fz` (iteration 0).
+    pub fn start(&mut self, z: &mut Tensor<2>, fz: &mut Tensor<2>) {
+        let obs = self.observe(0, z, fz);
+        self.recover(z, fz, &obs.non_finite);
+    }
+
+    /// Moves the active samples to `step` (frozen ones stay where they are), evaluates `map`
+    /// there and records the result as iteration `iter`. `z` and `fz` are updated in place.
+    pub fn advance(
+        &mut self,
+        iter: usize,
+        map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+        step: Tensor<2>,
+        z: &mut Tensor<2>,
+        fz: &mut Tensor<2>,
+    ) -> Observation {
+        let frozen = self.frozen_mask(z);
+        *z = step.mask_where(frozen, z.clone());
+        *fz = map(z.clone());
+        let obs = self.observe(iter, z, fz);
+        self.recover(z, fz, &obs.non_finite);
+        obs
+    }
+
+    /// Moves samples that just went non-finite back to their best iterate so that no NaN is
+    /// carried on (a frozen sample's row never changes again).
+    fn recover(&self, z: &mut Tensor<2>, fz: &mut Tensor<2>, non_finite: &[bool]) {
+        if non_finite.iter().any(|&n| n) {
+            let mask = row_mask(non_finite, z);
+            *z = z.clone().mask_where(mask.clone(), self.best_z.clone());
+            *fz = fz.clone().mask_where(mask, self.best_z.clone());
+        }
     }
 
     /// Records the iterate `z` with image `fz = F(z)` (both `[batch, dim]`) at iteration `iter`.
-    pub fn observe(&mut self, iter: usize, z: &Tensor<2>, fz: &Tensor<2>) -> Observation {
+    fn observe(&mut self, iter: usize, z: &Tensor<2>, fz: &Tensor<2>) -> Observation {
         self.evaluations += 1;
         let batch = self.active.len();
         let residual = fz.clone() - z.clone();
