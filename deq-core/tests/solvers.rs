@@ -55,6 +55,33 @@ fn broyden_keeps_the_secant_identity() {
     }
 }
 
+/// The returned inverse is exactly the matrix current at each sample's best iterate, also when
+/// the ring buffer overwrote pairs after it: rerunning with `max_iter = best_iteration` (same
+/// trajectory, stopped there) gives the same matrix.
+#[test]
+fn broyden_returns_the_matrix_of_the_best_iterate() {
+    let (batch, dim) = (4, 6);
+    let (w, b) = contractive(21, batch, dim, 0.95);
+    let mut map = |z: Tensor<2>| (z.matmul(w.clone()) + b.clone()).tanh();
+    // Tolerance never reached: the residual reaches round-off and jitters there, so the best
+    // iterate is usually not the last; memory 2 makes the ring buffer overwrite pairs.
+    let config = SolverConfig::new(SolverKind::broyden(2)).with_tol(1e-300).with_stop(StopMode::Absolute);
+    let long = config.solve(&mut map, zeros(batch, dim), 60).unwrap();
+    let best: Vec<usize> = long.stats.samples.iter().map(|s| s.best_iteration).collect();
+    println!("best iterations of a 60-iteration run: {best:?}");
+    assert!(best.iter().any(|&k| k > 2 && k < 60), "the case must exercise an earlier best with evictions");
+    let long_inverse = long.inverse.unwrap();
+    for s in 0..batch {
+        let short = config.solve(&mut map, zeros(batch, dim), best[s]).unwrap();
+        assert_eq!(short.stats.samples[s].best_iteration, best[s]);
+        let expected = short.inverse.unwrap().dense(s);
+        let found = long_inverse.dense(s);
+        let err = rel_err(&found, &expected);
+        assert!(err < 1e-12, "sample {s} (best {}): {err:e}", best[s]);
+        assert!(rel_err(&host(&long.z)[s * dim..(s + 1) * dim], &host(&short.z)[s * dim..(s + 1) * dim]) < 1e-15);
+    }
+}
+
 fn solver_kinds(memory: usize) -> [SolverKind; 3] {
     [
         SolverKind::fixed_point(),

@@ -13,6 +13,10 @@ pub struct LowRankInverse {
     v: Tensor<3>,
     len: Vec<usize>,
     next: Vec<usize>,
+    /// Per (sample, slot): the sample's push count when the slot was written (0: empty).
+    stamp: Vec<u64>,
+    /// Per sample: number of pairs pushed so far.
+    pushes: Vec<u64>,
 }
 
 impl LowRankInverse {
@@ -26,6 +30,8 @@ impl LowRankInverse {
             v: Tensor::zeros([batch, capacity, dim], options),
             len: vec![0; batch],
             next: vec![0; batch],
+            stamp: vec![0; batch * capacity],
+            pushes: vec![0; batch],
         }
     }
 
@@ -56,6 +62,8 @@ impl LowRankInverse {
             v: self.u,
             len: self.len,
             next: self.next,
+            stamp: self.stamp,
+            pushes: self.pushes,
         }
     }
 
@@ -67,17 +75,27 @@ impl LowRankInverse {
         let [batch, capacity, dim] = self.u.dims();
         let options = (&self.u.device(), self.u.dtype());
         let pad = || Tensor::<3>::zeros([batch, extra, dim], options);
-        // Rotate each sample's ring so that its oldest pair comes first; then the free slots
-        // follow the newest pair and writing continues in order.
-        let (u, v) = if self.len.iter().zip(&self.next).all(|(&l, &n)| l < capacity || n == 0) {
+        // Per sample, live pairs oldest first, then the empty slots: after this reordering the
+        // free slots follow the newest pair and writing continues in order.
+        let order: Vec<usize> = (0..batch)
+            .flat_map(|b| {
+                let stamps = &self.stamp[b * capacity..(b + 1) * capacity];
+                let mut slots: Vec<usize> = (0..capacity).collect();
+                slots.sort_by_key(|&j| (stamps[j] == 0, stamps[j]));
+                slots
+            })
+            .collect();
+        let mut stamp = vec![0; batch * (capacity + extra)];
+        for b in 0..batch {
+            for j in 0..capacity {
+                stamp[b * (capacity + extra) + j] = self.stamp[b * capacity + order[b * capacity + j]];
+            }
+        }
+        let identity = order.iter().enumerate().all(|(k, &j)| k % capacity == j);
+        let (u, v) = if identity {
             (self.u, self.v)
         } else {
-            let order: Vec<i64> = (0..batch)
-                .flat_map(|b| {
-                    let start = if self.len[b] == capacity { self.next[b] } else { 0 };
-                    (0..capacity).map(move |j| ((start + j) % capacity) as i64)
-                })
-                .collect();
+            let order: Vec<i64> = order.iter().map(|&j| j as i64).collect();
             let index = Tensor::<3, burn::tensor::Int>::from_data(
                 TensorData::new(order, [batch, capacity, 1]),
                 &self.u.device(),
@@ -91,34 +109,98 @@ impl LowRankInverse {
             v: Tensor::cat(vec![v, pad()], 1),
             len: self.len,
             next,
+            stamp,
+            pushes: self.pushes,
         }
     }
 
     /// Appends the pair `(u, v)` (each `[batch, dim]`) for the samples where `write` is true,
     /// overwriting that sample's oldest pair when its buffer is full.
+    ///
+    /// Cost O(batch · dim) per distinct write position (samples that started together share
+    /// one): the buffers are updated in place where the backend allows it.
     pub fn push(&mut self, u: Tensor<2>, v: Tensor<2>, write: &[bool]) {
         let [batch, capacity, dim] = self.u.dims();
         assert_eq!(write.len(), batch, "one write flag per sample");
         if capacity == 0 || !write.iter().any(|&w| w) {
             return;
         }
-        let mut slots = vec![false; batch * capacity];
+        let mut slots: Vec<usize> = (0..batch).filter(|&b| write[b]).map(|b| self.next[b]).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let u = u.reshape([batch, 1, dim]);
+        let v = v.reshape([batch, 1, dim]);
+        let device = self.u.device();
+        let mut ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, u.dtype())));
+        let mut vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, v.dtype())));
+        for slot in slots {
+            let rows: Vec<bool> = (0..batch).map(|b| write[b] && self.next[b] == slot).collect();
+            let (col_u, col_v) = if rows.iter().all(|&r| r) {
+                (u.clone(), v.clone())
+            } else {
+                let keep = Tensor::<3, Bool>::from_data(TensorData::new(rows.iter().map(|r| !r).collect::<Vec<_>>(), [batch, 1, 1]), &device)
+                    .expand([batch, 1, dim]);
+                (
+                    u.clone().mask_where(keep.clone(), ubuf.clone().narrow(1, slot, 1)),
+                    v.clone().mask_where(keep, vbuf.clone().narrow(1, slot, 1)),
+                )
+            };
+            ubuf = ubuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_u);
+            vbuf = vbuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_v);
+        }
+        self.u = ubuf;
+        self.v = vbuf;
         for b in 0..batch {
             if write[b] {
-                slots[b * capacity + self.next[b]] = true;
+                self.pushes[b] += 1;
+                self.stamp[b * capacity + self.next[b]] = self.pushes[b];
                 self.next[b] = (self.next[b] + 1) % capacity;
                 self.len[b] = (self.len[b] + 1).min(capacity);
             }
         }
-        let mask = Tensor::<3, Bool>::from_data(
-            TensorData::new(slots, [batch, capacity, 1]),
-            &self.u.device(),
-        )
-        .expand([batch, capacity, dim]);
-        let u = u.reshape([batch, 1, dim]).expand([batch, capacity, dim]);
-        let v = v.reshape([batch, 1, dim]).expand([batch, capacity, dim]);
-        self.u = self.u.clone().mask_where(mask.clone(), u);
-        self.v = self.v.clone().mask_where(mask, v);
+    }
+
+    /// Number of pairs pushed so far for `sample` (evicted ones included).
+    pub fn push_count(&self, sample: usize) -> u64 {
+        self.pushes[sample]
+    }
+
+    /// Whether the next push for `sample` would overwrite a pair pushed at or before push
+    /// number `kept` (one that a copy of the matrix as of then still needs).
+    pub(crate) fn next_push_evicts(&self, sample: usize, kept: u64) -> bool {
+        let capacity = self.capacity();
+        capacity > 0 && self.len[sample] == capacity && self.stamp[sample * capacity + self.next[sample]] <= kept
+    }
+
+    /// Removes, per sample, the pairs pushed after push number `keep[sample]` (they are zeroed
+    /// and no longer counted), giving back the matrix as it was then, provided none of its
+    /// pairs has been overwritten since.
+    pub(crate) fn truncate_to(&mut self, keep: &[u64]) {
+        let [batch, capacity, dim] = self.u.dims();
+        let drop: Vec<bool> = (0..batch * capacity).map(|k| self.stamp[k] > keep[k / capacity]).collect();
+        if !drop.iter().any(|&d| d) {
+            return;
+        }
+        let mask = Tensor::<3, Bool>::from_data(TensorData::new(drop.clone(), [batch, capacity, 1]), &self.u.device())
+            .expand([batch, capacity, dim]);
+        let zeros = self.u.zeros_like();
+        self.u = self.u.clone().mask_where(mask.clone(), zeros.clone());
+        self.v = self.v.clone().mask_where(mask, zeros);
+        for b in 0..batch {
+            for j in 0..capacity {
+                if drop[b * capacity + j] {
+                    self.stamp[b * capacity + j] = 0;
+                }
+            }
+            self.pushes[b] = keep[b];
+            let live = (0..capacity).filter(|&j| self.stamp[b * capacity + j] > 0).count();
+            self.len[b] = live;
+            // Continue writing after the newest surviving pair.
+            self.next[b] = (0..capacity)
+                .filter(|&j| self.stamp[b * capacity + j] > 0)
+                .max_by_key(|&j| self.stamp[b * capacity + j])
+                .map_or(0, |j| (j + 1) % capacity);
+        }
     }
 
     /// Per sample, take `other`'s matrix where `take` is true and keep this one elsewhere.
@@ -139,6 +221,8 @@ impl LowRankInverse {
             if take[b] {
                 self.len[b] = other.len[b];
                 self.next[b] = other.next[b];
+                self.pushes[b] = other.pushes[b];
+                self.stamp[b * capacity..(b + 1) * capacity].copy_from_slice(&other.stamp[b * capacity..(b + 1) * capacity]);
             }
         }
     }
