@@ -6,7 +6,7 @@ use crate::backward::op::adjoint_identity;
 use crate::backward::{AdjointPlan, BackwardMode, BackwardReport, adjoint_map};
 use crate::error::DeqError;
 use crate::function::{DeqFunction, Injection};
-use crate::solver::{SolveStatus, SolverConfig, SolverKind, SolverStats, row_mask};
+use crate::solver::{SolveStatus, SolverConfig, SolverKind, SolverStats, where_rows};
 
 /// Configuration of a [`Deq`] layer: the forward solver and the backward mode.
 #[derive(Config, Debug, PartialEq)]
@@ -116,7 +116,7 @@ impl Deq {
         };
         // A sample whose solve went non-finite keeps its finite iterate and gets no gradient.
         let bad: Vec<bool> = status.iter().map(|s| *s == SolveStatus::NonFinite).collect();
-        let z = if bad.iter().any(|&b| b) { z.clone().mask_where(row_mask(&bad, &z_star), z_star) } else { z };
+        let z = where_rows(z, &bad, z_star);
         Ok(DeqOutput { z, stats: result.stats, backward: report })
     }
 }

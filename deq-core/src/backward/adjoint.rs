@@ -120,7 +120,7 @@ fn apply_fallback(
     forward_status: &[SolveStatus],
 ) -> (Tensor<2>, Vec<bool>) {
     let norms: Vec<f64> = Tensor::cat(
-        vec![shine.clone().powi_scalar(2).sum_dim(1).sqrt(), grad.clone().powi_scalar(2).sum_dim(1).sqrt()],
+        vec![(shine.clone() * shine.clone()).sum_dim(1).sqrt(), (grad.clone() * grad.clone()).sum_dim(1).sqrt()],
         1,
     )
     .into_data()
@@ -136,6 +136,5 @@ fn apply_fallback(
     if !replaced.iter().any(|&r| r) {
         return (shine, replaced);
     }
-    let mask = crate::solver::row_mask(&replaced, grad);
-    (shine.mask_where(mask, grad.clone()), replaced)
+    (crate::solver::where_rows(shine, &replaced, grad.clone()), replaced)
 }

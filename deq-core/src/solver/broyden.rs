@@ -3,7 +3,7 @@ use burn::tensor::Tensor;
 
 use super::StopRule;
 use super::low_rank::LowRankInverse;
-use super::tracker::{Tracker, row_mask};
+use super::tracker::{Tracker, where_rows, zero_rows};
 
 /// A denominator `vᵀΔg` smaller than this (relative to `‖v‖‖Δg‖`) skips the update.
 const DENOM_EPS: f64 = 1e-12;
@@ -16,9 +16,7 @@ const DENOM_EPS: f64 = 1e-12;
 /// `Bᵀ Δz`; the next step's `B⁺ g⁺ = B g⁺ + u (v · g⁺)` then costs O(batch · dim).
 ///
 /// Returns the tracker and, per sample, the inverse that was current at the sample's
-/// lowest-residual iterate (the one SHINE must use). It is recovered at the end by dropping the
-/// pairs pushed after that iterate; a copy is taken only if the ring buffer is about to
-/// overwrite a pair that the best matrix still contains.
+/// lowest-residual iterate (the one SHINE must use; see [`LowRankInverse::into_best`]).
 pub(crate) fn broyden(
     map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
     z0: Tensor<2>,
@@ -30,11 +28,7 @@ pub(crate) fn broyden(
     let batch = z0.dims()[0];
     let mut tracker = Tracker::new(&z0, rule);
     let mut inverse = init;
-    // Per sample: push count of the matrix at the best iterate, and a copy of it when the ring
-    // buffer would otherwise lose one of its pairs.
-    let mut best_pushes: Vec<u64> = (0..batch).map(|b| inverse.push_count(b)).collect();
-    let mut saved: Option<LowRankInverse> = None;
-    let mut is_saved = vec![false; batch];
+    inverse.mark_best(&vec![true; batch]);
 
     let (mut z, mut fz) = (z0, fz0);
     tracker.start(&mut z, &mut fz);
@@ -45,20 +39,19 @@ pub(crate) fn broyden(
             break;
         }
         let moving: Vec<bool> = tracker.active().to_vec();
-        let frozen = tracker.frozen_mask(&z);
-        let zeros = z.zeros_like();
+        let frozen = tracker.frozen();
         // Δz = −B g; frozen samples do not move (mask, not multiply: 0·NaN is NaN).
-        let dz = bg.clone().neg().mask_where(frozen.clone(), zeros.clone());
+        let dz = zero_rows(bg.clone().neg(), &frozen);
         let obs = tracker.advance(iter, map, z.clone() + dz.clone(), &mut z, &mut fz);
         let g_new = fz.clone() - z.clone();
 
         // Secant update for the samples that moved.
         let bg_new = inverse.apply(g_new.clone());
-        let b_dg = (bg_new.clone() - bg).mask_where(frozen.clone(), zeros.clone());
-        let dg = (g_new.clone() - g).mask_where(frozen, zeros.clone());
+        let b_dg = zero_rows(bg_new.clone() - bg, &frozen);
+        let dg = zero_rows(g_new.clone() - g, &frozen);
         let v = inverse.apply_transposed(dz.clone()); // vᵀ = Δzᵀ B
         let denom = (v.clone() * dg.clone()).sum_dim(1);
-        let scale = (v.clone().powi_scalar(2).sum_dim(1) * dg.powi_scalar(2).sum_dim(1)).sqrt();
+        let scale = ((v.clone() * v.clone()).sum_dim(1) * (dg.clone() * dg).sum_dim(1)).sqrt();
         let host: Vec<f64> = Tensor::cat(vec![denom.clone(), scale], 1).into_data().iter::<f64>().collect();
         let write: Vec<bool> = (0..batch)
             .map(|b| {
@@ -68,36 +61,17 @@ pub(crate) fn broyden(
             .collect();
         bg = bg_new;
         if write.iter().any(|&w| w) {
-            let skip = row_mask(&write, &dz).bool_not();
+            let skip: Vec<bool> = write.iter().map(|w| !w).collect();
             // Samples without an update get denominator 1 so that no inf/NaN is formed.
-            let safe = denom.mask_where(skip.clone().narrow(1, 0, 1), dz.ones_like().narrow(1, 0, 1));
-            let u = ((dz - b_dg) / safe).mask_where(skip, zeros);
-            // Keep the best matrix of samples whose ring buffer is about to lose one of its pairs.
-            let evicting: Vec<bool> = (0..batch)
-                .map(|b| write[b] && !obs.improved[b] && !is_saved[b] && inverse.next_push_evicts(b, best_pushes[b]))
-                .collect();
-            if evicting.iter().any(|&e| e) {
-                let copy = saved.get_or_insert_with(|| inverse.clone());
-                copy.take_where(&inverse, &evicting);
-                for b in 0..batch {
-                    is_saved[b] |= evicting[b];
-                }
-            }
+            let safe = where_rows(denom, &skip, dz.ones_like().narrow(1, 0, 1));
+            let u = zero_rows((dz - b_dg) / safe, &skip);
             // B⁺ g⁺ = B g⁺ + u (v · g⁺) for the next step.
             bg = bg + u.clone() * (v.clone() * g_new.clone()).sum_dim(1);
-            inverse.push(u, v, &write);
-        }
-        for b in 0..batch {
-            if obs.improved[b] {
-                best_pushes[b] = inverse.push_count(b);
-                is_saved[b] = false;
-            }
+            inverse.push_as_best(u, v, &write, &obs.improved);
+        } else {
+            inverse.mark_best(&obs.improved);
         }
         g = g_new;
     }
-    if let Some(saved) = saved {
-        inverse.take_where(&saved, &is_saved);
-    }
-    inverse.truncate_to(&best_pushes);
-    (tracker, inverse)
+    (tracker, inverse.into_best())
 }

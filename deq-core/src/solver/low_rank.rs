@@ -1,6 +1,8 @@
 //! The per-sample limited-memory Broyden inverse `B = −I + Σⱼ uⱼ vⱼᵀ`.
 use burn::tensor::{Bool, Tensor, TensorData};
 
+use super::tracker::{where_rows, zero_rows};
+
 /// Per-sample low-rank inverse-Jacobian estimate `B = −I + U Vᵀ` (`B ≈ J_g⁻¹`, see
 /// `shine-math.md`), stored as ring buffers `U`, `V` of shape `[batch, capacity, dim]`.
 ///
@@ -17,6 +19,22 @@ pub struct LowRankInverse {
     stamp: Vec<u64>,
     /// Per sample: number of pairs pushed so far.
     pushes: Vec<u64>,
+    /// Per sample: push count of the matrix marked best ([`LowRankInverse::mark_best`]).
+    best: Vec<u64>,
+    /// Pairs of best matrices that later pushes overwrote, to be put back by
+    /// [`LowRankInverse::into_best`].
+    evicted: Vec<Evicted>,
+}
+
+/// One slot column saved before being overwritten: the rows of the samples whose best matrix
+/// still contains the pair in it.
+#[derive(Clone, Debug)]
+struct Evicted {
+    slot: usize,
+    rows: Vec<bool>,
+    stamps: Vec<u64>,
+    u: Tensor<2>,
+    v: Tensor<2>,
 }
 
 impl LowRankInverse {
@@ -32,6 +50,8 @@ impl LowRankInverse {
             next: vec![0; batch],
             stamp: vec![0; batch * capacity],
             pushes: vec![0; batch],
+            best: vec![0; batch],
+            evicted: Vec::new(),
         }
     }
 
@@ -60,14 +80,13 @@ impl LowRankInverse {
         Self {
             u: self.v,
             v: self.u,
-            len: self.len,
-            next: self.next,
-            stamp: self.stamp,
-            pushes: self.pushes,
+            evicted: self.evicted.into_iter().map(|e| Evicted { u: e.v, v: e.u, ..e }).collect(),
+            ..self
         }
     }
 
     /// The same matrices with room for `extra` more pairs before the oldest is overwritten.
+    /// The current matrix becomes the one marked best.
     pub fn with_extra_capacity(self, extra: usize) -> Self {
         if extra == 0 {
             return self;
@@ -110,7 +129,9 @@ impl LowRankInverse {
             len: self.len,
             next,
             stamp,
+            best: self.pushes.clone(),
             pushes: self.pushes,
+            evicted: Vec::new(),
         }
     }
 
@@ -120,6 +141,19 @@ impl LowRankInverse {
     /// Cost O(batch · dim) per distinct write position (samples that started together share
     /// one): the buffers are updated in place where the backend allows it.
     pub fn push(&mut self, u: Tensor<2>, v: Tensor<2>, write: &[bool]) {
+        let none = vec![false; write.len()];
+        self.push_as_best(u, v, write, &none);
+    }
+
+    /// [`push`](Self::push), then [`mark_best`](Self::mark_best) for the samples where
+    /// `now_best` is true. Cheaper than the two calls: the pairs that those samples' previous
+    /// best matrix loses are not saved.
+    pub fn push_as_best(&mut self, u: Tensor<2>, v: Tensor<2>, write: &[bool], now_best: &[bool]) {
+        self.push_inner(u, v, write, now_best);
+        self.mark_best(now_best);
+    }
+
+    fn push_inner(&mut self, u: Tensor<2>, v: Tensor<2>, write: &[bool], now_best: &[bool]) {
         let [batch, capacity, dim] = self.u.dims();
         assert_eq!(write.len(), batch, "one write flag per sample");
         if capacity == 0 || !write.iter().any(|&w| w) {
@@ -128,23 +162,29 @@ impl LowRankInverse {
         let mut slots: Vec<usize> = (0..batch).filter(|&b| write[b]).map(|b| self.next[b]).collect();
         slots.sort_unstable();
         slots.dedup();
-        let u = u.reshape([batch, 1, dim]);
-        let v = v.reshape([batch, 1, dim]);
         let device = self.u.device();
         let mut ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, u.dtype())));
         let mut vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, v.dtype())));
         for slot in slots {
             let rows: Vec<bool> = (0..batch).map(|b| write[b] && self.next[b] == slot).collect();
-            let (col_u, col_v) = if rows.iter().all(|&r| r) {
-                (u.clone(), v.clone())
-            } else {
-                let keep = Tensor::<3, Bool>::from_data(TensorData::new(rows.iter().map(|r| !r).collect::<Vec<_>>(), [batch, 1, 1]), &device)
-                    .expand([batch, 1, dim]);
-                (
-                    u.clone().mask_where(keep.clone(), ubuf.clone().narrow(1, slot, 1)),
-                    v.clone().mask_where(keep, vbuf.clone().narrow(1, slot, 1)),
-                )
+            // Save the pairs that a best matrix still needs before overwriting them.
+            let keep: Vec<bool> = (0..batch)
+                .map(|b| {
+                    let stamp = self.stamp[b * capacity + slot];
+                    rows[b] && !now_best[b] && stamp > 0 && stamp <= self.best[b]
+                })
+                .collect();
+            if keep.iter().any(|&k| k) {
+                let copy = |buf: &Tensor<3>| copy_rows(buf.clone().narrow(1, slot, 1).reshape([batch, dim]), &keep);
+                let stamps = (0..batch).map(|b| self.stamp[b * capacity + slot]).collect();
+                let (u_saved, v_saved) = (copy(&ubuf), copy(&vbuf));
+                self.evicted.push(Evicted { slot, rows: keep, stamps, u: u_saved, v: v_saved });
+            }
+            let mix = |buf: &Tensor<3>, new: &Tensor<2>| {
+                let old = buf.clone().narrow(1, slot, 1).reshape([batch, dim]);
+                where_rows(old, &rows, new.clone()).reshape([batch, 1, dim])
             };
+            let (col_u, col_v) = (mix(&ubuf, &u), mix(&vbuf, &v));
             ubuf = ubuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_u);
             vbuf = vbuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_v);
         }
@@ -165,27 +205,85 @@ impl LowRankInverse {
         self.pushes[sample]
     }
 
-    /// Whether the next push for `sample` would overwrite a pair pushed at or before push
-    /// number `kept` (one that a copy of the matrix as of then still needs).
-    pub(crate) fn next_push_evicts(&self, sample: usize, kept: u64) -> bool {
-        let capacity = self.capacity();
-        capacity > 0 && self.len[sample] == capacity && self.stamp[sample * capacity + self.next[sample]] <= kept
+    /// Marks, for the samples where `samples` is true, the current matrix as the best one:
+    /// [`LowRankInverse::into_best`] will return it for them.
+    pub fn mark_best(&mut self, samples: &[bool]) {
+        for (b, &mark) in samples.iter().enumerate() {
+            if mark {
+                self.best[b] = self.pushes[b];
+                for e in &mut self.evicted {
+                    e.rows[b] = false;
+                }
+            }
+        }
+        self.evicted.retain(|e| e.rows.iter().any(|&r| r));
+    }
+
+    /// Per sample, the matrix as it was when last marked best: the pairs pushed since are
+    /// dropped and the pairs they overwrote are put back. Cost O(batch · dim) per affected slot.
+    pub fn into_best(mut self) -> Self {
+        let keep = self.best.clone();
+        self.truncate_to(&keep);
+        let [batch, capacity, dim] = self.u.dims();
+        let evicted = std::mem::take(&mut self.evicted);
+        // Between two marks a (sample, slot) is saved at most once: once overwritten, the slot
+        // holds a pair newer than the best matrix, which is never saved. So no entries collide.
+        for e in evicted {
+            let restore = |buf: Tensor<3>, saved: &Tensor<2>| {
+                let col = buf.clone().narrow(1, e.slot, 1).reshape([batch, dim]);
+                let col = where_rows(col, &e.rows, saved.clone()).reshape([batch, 1, dim]);
+                buf.slice_assign([0..batch, e.slot..e.slot + 1, 0..dim], col)
+            };
+            let (device, dtype) = (self.u.device(), self.u.dtype());
+            let ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, dtype)));
+            self.u = restore(ubuf, &e.u);
+            let vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, dtype)));
+            self.v = restore(vbuf, &e.v);
+            for b in 0..batch {
+                if e.rows[b] {
+                    self.stamp[b * capacity + e.slot] = e.stamps[b];
+                }
+            }
+        }
+        for b in 0..batch {
+            let stamps = &self.stamp[b * capacity..(b + 1) * capacity];
+            self.len[b] = stamps.iter().filter(|&&s| s > 0).count();
+            self.next[b] = (0..capacity)
+                .filter(|&j| stamps[j] > 0)
+                .max_by_key(|&j| stamps[j])
+                .map_or(0, |j| (j + 1) % capacity);
+        }
+        self
     }
 
     /// Removes, per sample, the pairs pushed after push number `keep[sample]` (they are zeroed
     /// and no longer counted), giving back the matrix as it was then, provided none of its
     /// pairs has been overwritten since.
-    pub(crate) fn truncate_to(&mut self, keep: &[u64]) {
+    fn truncate_to(&mut self, keep: &[u64]) {
         let [batch, capacity, dim] = self.u.dims();
         let drop: Vec<bool> = (0..batch * capacity).map(|k| self.stamp[k] > keep[k / capacity]).collect();
         if !drop.iter().any(|&d| d) {
             return;
         }
-        let mask = Tensor::<3, Bool>::from_data(TensorData::new(drop.clone(), [batch, capacity, 1]), &self.u.device())
-            .expand([batch, capacity, dim]);
-        let zeros = self.u.zeros_like();
-        self.u = self.u.clone().mask_where(mask.clone(), zeros.clone());
-        self.v = self.v.clone().mask_where(mask, zeros);
+        // Zero the dropped pairs slot by slot: O(batch · dim) per slot, in place where possible.
+        let (device, dtype) = (self.u.device(), self.u.dtype());
+        let mut ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, dtype)));
+        let mut vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, dtype)));
+        for slot in 0..capacity {
+            let rows: Vec<bool> = (0..batch).map(|b| drop[b * capacity + slot]).collect();
+            if !rows.iter().any(|&r| r) {
+                continue;
+            }
+            let zeroed = |buf: &Tensor<3>| {
+                let col = buf.clone().narrow(1, slot, 1).reshape([batch, dim]);
+                zero_rows(col, &rows).reshape([batch, 1, dim])
+            };
+            let (col_u, col_v) = (zeroed(&ubuf), zeroed(&vbuf));
+            ubuf = ubuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_u);
+            vbuf = vbuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_v);
+        }
+        self.u = ubuf;
+        self.v = vbuf;
         for b in 0..batch {
             for j in 0..capacity {
                 if drop[b * capacity + j] {
@@ -203,35 +301,16 @@ impl LowRankInverse {
         }
     }
 
-    /// Per sample, take `other`'s matrix where `take` is true and keep this one elsewhere.
-    pub fn take_where(&mut self, other: &Self, take: &[bool]) {
-        let [batch, capacity, dim] = self.u.dims();
-        if !take.iter().any(|&t| t) {
-            return;
-        }
-        if take.iter().all(|&t| t) {
-            *self = other.clone();
-            return;
-        }
-        let mask = Tensor::<3, Bool>::from_data(TensorData::new(take.to_vec(), [batch, 1, 1]), &self.u.device())
-            .expand([batch, capacity, dim]);
-        self.u = self.u.clone().mask_where(mask.clone(), other.u.clone());
-        self.v = self.v.clone().mask_where(mask, other.v.clone());
-        for b in 0..batch {
-            if take[b] {
-                self.len[b] = other.len[b];
-                self.next[b] = other.next[b];
-                self.pushes[b] = other.pushes[b];
-                self.stamp[b * capacity..(b + 1) * capacity].copy_from_slice(&other.stamp[b * capacity..(b + 1) * capacity]);
-            }
-        }
-    }
-
     /// Detaches the factors from any autodiff graph (they are plain tensors after a normal solve).
     pub fn without_autodiff(self) -> Self {
         Self {
             u: self.u.detach().without_autodiff(),
             v: self.v.detach().without_autodiff(),
+            evicted: self
+                .evicted
+                .into_iter()
+                .map(|e| Evicted { u: e.u.detach().without_autodiff(), v: e.v.detach().without_autodiff(), ..e })
+                .collect(),
             ..self
         }
     }
@@ -259,6 +338,15 @@ impl LowRankInverse {
         }
         b
     }
+}
+
+/// A fresh copy of `tensor` (`[batch, dim]`) with the rows not in `rows` zeroed. Always
+/// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
+fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
+    let [batch, dim] = tensor.dims();
+    let mask: Vec<bool> = rows.iter().flat_map(|&r| std::iter::repeat_n(!r, dim)).collect();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &tensor.device());
+    tensor.mask_fill(mask, 0.0)
 }
 
 /// `−x + Aᵀ-free low-rank product`: per sample `−x + Σⱼ aⱼ (cⱼ · x)` with `a`, `c`:
@@ -348,16 +436,29 @@ mod tests {
     }
 
     #[test]
-    fn take_where_copies_per_sample() {
-        let n = 2;
+    fn into_best_restores_overwritten_pairs() {
+        let n = 3;
         let z = t(vec![0.0; 2 * n], [2, n]);
-        let mut a = LowRankInverse::identity(&z, 2);
-        let mut b = a.clone();
-        let (u, v) = pair(1, n);
-        b.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
-        a.take_where(&b, &[false, true]);
-        assert!(close(&a.dense(0), &dense_of(&[], n)));
-        assert!(close(&a.dense(1), &dense_of(&[(u, v)], n)));
-        assert_eq!((a.rank(0), a.rank(1)), (0, 1));
+        let mut b = LowRankInverse::identity(&z, 3);
+        let pairs: Vec<_> = (0..6).map(|k| pair(k, n)).collect();
+        for (k, (u, v)) in pairs.iter().enumerate() {
+            b.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+            // Sample 0 is best after its 2nd pair, sample 1 after its 4th.
+            b.mark_best(&[k == 1, k == 3]);
+        }
+        let best = b.into_best();
+        assert!(close(&best.dense(0), &dense_of(&pairs[..2], n)), "sample 0: pairs 1-2 (pair 1 was overwritten)");
+        assert!(close(&best.dense(1), &dense_of(&pairs[1..4], n)), "sample 1: pairs 2-4");
+        assert_eq!((best.rank(0), best.rank(1)), (2, 3));
+        // Writing continues after the newest kept pair.
+        let mut best = best;
+        let (u, v) = pair(7, n);
+        best.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+        let mut expected = pairs[..2].to_vec();
+        expected.push((u.clone(), v.clone()));
+        assert!(close(&best.dense(0), &dense_of(&expected, n)));
+        let mut expected = pairs[2..4].to_vec();
+        expected.push((u, v));
+        assert!(close(&best.dense(1), &dense_of(&expected, n)), "sample 1 overwrites its oldest pair");
     }
 }

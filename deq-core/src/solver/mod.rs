@@ -11,7 +11,7 @@ mod fixed_point;
 mod low_rank;
 mod stats;
 mod tracker;
-pub(crate) use tracker::row_mask;
+pub(crate) use tracker::where_rows;
 
 use burn::config::Config;
 use burn::tensor::Tensor;
@@ -201,7 +201,8 @@ impl SolverConfig {
                 SolveResult { z, stats, inverse: None }
             }
             SolverKind::Broyden { memory } => {
-                let init = LowRankInverse::identity(&z0, memory);
+                // At most `max_iter` pairs are pushed: a larger ring would only hold zeros.
+                let init = LowRankInverse::identity(&z0, memory.min(max_iter));
                 let (tracker, inverse) = broyden::broyden(map, z0, fz0, rule, max_iter, init);
                 let (z, stats) = tracker.finish();
                 SolveResult { z, stats, inverse: Some(inverse) }

@@ -56,10 +56,9 @@ impl Tracker {
         &self.active
     }
 
-    /// `[batch, dim]` mask, true on the rows of samples that no longer move.
-    pub fn frozen_mask(&self, like: &Tensor<2>) -> Tensor<2, Bool> {
-        let frozen: Vec<bool> = self.active.iter().map(|a| !a).collect();
-        row_mask(&frozen, like)
+    /// Per sample: true for samples that no longer move.
+    pub fn frozen(&self) -> Vec<bool> {
+        self.active.iter().map(|a| !a).collect()
     }
 
     /// Records the initial point `z` and its image `fz` (iteration 0).
@@ -78,8 +77,7 @@ impl Tracker {
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
     ) -> Observation {
-        let frozen = self.frozen_mask(z);
-        *z = step.mask_where(frozen, z.clone());
+        *z = where_rows(step, &self.frozen(), z.clone());
         *fz = map(z.clone());
         let obs = self.observe(iter, z, fz);
         self.recover(z, fz, &obs.non_finite);
@@ -90,9 +88,8 @@ impl Tracker {
     /// carried on (a frozen sample's row never changes again).
     fn recover(&self, z: &mut Tensor<2>, fz: &mut Tensor<2>, non_finite: &[bool]) {
         if non_finite.iter().any(|&n| n) {
-            let mask = row_mask(non_finite, z);
-            *z = z.clone().mask_where(mask.clone(), self.best_z.clone());
-            *fz = fz.clone().mask_where(mask, self.best_z.clone());
+            *z = where_rows(z.clone(), non_finite, self.best_z.clone());
+            *fz = where_rows(fz.clone(), non_finite, self.best_z.clone());
         }
     }
 
@@ -101,8 +98,8 @@ impl Tracker {
         self.evaluations += 1;
         let batch = self.active.len();
         let residual = fz.clone() - z.clone();
-        let abs = residual.powi_scalar(2).sum_dim(1).sqrt();
-        let fnorm = fz.clone().powi_scalar(2).sum_dim(1).sqrt();
+        let abs = (residual.clone() * residual).sum_dim(1).sqrt();
+        let fnorm = (fz.clone() * fz.clone()).sum_dim(1).sqrt();
         let host: Vec<f64> = Tensor::cat(vec![abs, fnorm], 1).into_data().iter::<f64>().collect();
 
         let mut improved = vec![false; batch];
@@ -142,11 +139,7 @@ impl Tracker {
                 self.active[b] = false;
             }
         }
-        if improved.iter().all(|&i| i) {
-            self.best_z = z.clone();
-        } else if improved.iter().any(|&i| i) {
-            self.best_z = self.best_z.clone().mask_where(row_mask(&improved, z), z.clone());
-        }
+        self.best_z = where_rows(self.best_z.clone(), &improved, z.clone());
         Observation {
             improved,
             non_finite,
@@ -163,9 +156,32 @@ impl Tracker {
     }
 }
 
-/// `[batch, dim]` bool mask from one flag per row.
-pub(crate) fn row_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
+/// `tensor` with the rows where `rows` is true taken from `value` (both `[batch, dim]`).
+///
+/// No work when no row (or every row) is selected; otherwise one `mask_where` with a
+/// contiguous mask (a broadcast mask takes the backends' slow strided path).
+pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> Tensor<2> {
+    if !rows.iter().any(|&r| r) {
+        return tensor;
+    }
+    if rows.iter().all(|&r| r) {
+        return value;
+    }
+    tensor.mask_where(rows_mask(rows, &value), value)
+}
+
+/// `tensor` (`[batch, dim]`) with the rows where `rows` is true set to zero.
+pub(crate) fn zero_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
+    if !rows.iter().any(|&r| r) {
+        return tensor;
+    }
+    let mask = rows_mask(rows, &tensor);
+    tensor.mask_fill(mask, 0.0)
+}
+
+/// A contiguous `[batch, dim]` mask, true on the selected rows.
+fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
     let [batch, dim] = like.dims();
-    Tensor::<2, Bool>::from_data(TensorData::new(rows.to_vec(), [batch, 1]), &like.device())
-        .expand([batch, dim])
+    let mask: Vec<bool> = rows.iter().flat_map(|&r| std::iter::repeat_n(r, dim)).collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &like.device())
 }
