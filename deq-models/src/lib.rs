@@ -1,9 +1,12 @@
 #![warn(missing_docs)]
 //! # deq-models
 //!
-//! Deep equilibrium models on top of [`deq_core`]. For now: [`DenseDeq`], a small
-//! fully-connected DEQ classifier (injection → equilibrium layer → head), which doubles as the
-//! example of plugging a Burn module in as `f`. The multiscale MDEQ follows.
+//! Deep equilibrium models on top of [`deq_core`]:
+//!
+//! - [`mdeq`]: the multiscale MDEQ classifier (presets `tiny`, `large` for CIFAR-10 and `small`
+//!   for 28×28 grey images), faithful to the reference architecture;
+//! - [`DenseDeq`]: a small fully-connected DEQ classifier, which doubles as the example of
+//!   plugging a Burn module in as `f`.
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -22,5 +25,12 @@
 //! ```
 
 mod dense;
+mod error;
+pub mod mdeq;
+pub mod norm;
+mod params;
 
 pub use dense::{DenseDeq, DenseDeqConfig, DenseDeqOutput};
+pub use error::ModelError;
+pub use mdeq::{Mdeq, MdeqConfig, MdeqMode, MdeqOutput};
+pub use params::trainable_params;

@@ -1,0 +1,104 @@
+//! The residual block of f, one per branch.
+use burn::module::Module;
+use burn::nn::GroupNorm;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use deq_core::{detach_module, module_is_autodiff};
+
+use super::group_norm;
+use crate::norm::{VariationalDropout, VariationalDropoutConfig, WeightNormConv2d, WeightNormConv2dConfig};
+
+/// `h = ReLU(GN(conv(z)))`, `h = dropout(conv(h)) + injection`, `h = GN(h) + z`,
+/// `out = GN(ReLU(h))`; convs 3×3 weight-normalised, `C → e·C → C`. Shapes
+/// `[batch, C, H, W] → [batch, C, H, W]`.
+#[derive(Module, Debug)]
+pub struct ResidualBlock {
+    /// `C → e·C`.
+    pub conv1: WeightNormConv2d,
+    /// GroupNorm over `e·C`.
+    pub norm1: GroupNorm,
+    /// `e·C → C`.
+    pub conv2: WeightNormConv2d,
+    /// Variational dropout after `conv2`.
+    pub dropout: VariationalDropout,
+    /// GroupNorm before the residual.
+    pub norm2: GroupNorm,
+    /// GroupNorm after the final ReLU.
+    pub norm3: GroupNorm,
+}
+
+/// A [`ResidualBlock`] with its weights normalised and its dropout mask drawn for one
+/// forward pass.
+#[derive(Clone, Debug)]
+pub struct PreparedBlock {
+    w1: Tensor<4>,
+    w2: Tensor<4>,
+    norm1: GroupNorm,
+    norm2: GroupNorm,
+    norm3: GroupNorm,
+    mask: Option<Tensor<4>>,
+}
+
+impl ResidualBlock {
+    pub(crate) fn new(channels: usize, expansion: usize, groups: usize, dropout: f64, std: f64, device: &Device) -> Self {
+        let inner = expansion * channels;
+        Self {
+            conv1: WeightNormConv2dConfig::new([channels, inner], 3).with_init_std(std).init(device),
+            norm1: group_norm(groups, inner, true, device),
+            conv2: WeightNormConv2dConfig::new([inner, channels], 3).with_init_std(std).init(device),
+            dropout: VariationalDropoutConfig::new(dropout).init(),
+            norm2: group_norm(groups, channels, true, device),
+            norm3: group_norm(groups, channels, true, device),
+        }
+    }
+
+    /// Normalises the weights and draws the dropout mask (`[batch, C, 1, 1]`; none in
+    /// evaluation, i.e. when `device` has no autodiff).
+    pub fn prepare(&self, batch: usize, device: &Device) -> PreparedBlock {
+        let channels = self.conv2.v.dims()[0];
+        PreparedBlock {
+            w1: self.conv1.weight(),
+            w2: self.conv2.weight(),
+            norm1: self.norm1.clone(),
+            norm2: self.norm2.clone(),
+            norm3: self.norm3.clone(),
+            mask: self.dropout.sample_mask(batch, channels, device),
+        }
+    }
+}
+
+impl PreparedBlock {
+    /// `z`: `[batch, C, H, W]`; `injection` of the same shape (branch 0) or none.
+    pub fn forward(&self, z: Tensor<4>, injection: Option<&Tensor<4>>) -> Tensor<4> {
+        let h = relu(self.norm1.forward(crate::norm::conv_same(z.clone(), self.w1.clone())));
+        let mut h = crate::norm::conv_same(h, self.w2.clone());
+        if let Some(mask) = &self.mask {
+            h = h * mask.clone();
+        }
+        if let Some(x) = injection {
+            h = h + x.clone();
+        }
+        let h = self.norm2.forward(h) + z;
+        self.norm3.forward(relu(h))
+    }
+
+    pub(crate) fn without_autodiff(&self) -> Self {
+        Self {
+            w1: self.w1.clone().detach().without_autodiff(),
+            w2: self.w2.clone().detach().without_autodiff(),
+            norm1: detach_module(&self.norm1),
+            norm2: detach_module(&self.norm2),
+            norm3: detach_module(&self.norm3),
+            mask: self.mask.clone(),
+        }
+    }
+
+    pub(crate) fn is_autodiff(&self) -> bool {
+        self.w1.is_autodiff() || self.w2.is_autodiff() || module_is_autodiff(&self.norm1)
+    }
+
+    /// The dropout mask of this pass, if any (for tests and diagnostics).
+    pub fn mask(&self) -> Option<&Tensor<4>> {
+        self.mask.as_ref()
+    }
+}

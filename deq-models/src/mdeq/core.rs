@@ -1,0 +1,120 @@
+//! f: the equilibrium function of the MDEQ.
+use burn::module::Module;
+use burn::nn::GroupNorm;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use deq_core::{DeqFunction, StateShape, detach_module, module_is_autodiff};
+
+use super::block::{PreparedBlock, ResidualBlock};
+use super::fusion::Fusion;
+use super::{MdeqConfig, group_norm};
+use crate::norm::{WeightNormConv2d, WeightNormConv2dConfig, conv_same};
+
+/// The parameters of f: residual blocks, fusion and post-fusion layers.
+#[derive(Module, Debug)]
+pub struct MdeqCore {
+    /// One residual block per branch.
+    pub blocks: Vec<ResidualBlock>,
+    /// Multiscale fusion.
+    pub fusion: Fusion,
+    /// Post-fusion weight-normalised 1×1 convs, one per branch.
+    pub post_convs: Vec<WeightNormConv2d>,
+    /// Post-fusion GroupNorm(groups / 2, no affine), one per branch.
+    pub post_norms: Vec<GroupNorm>,
+}
+
+/// f for one forward pass: weights normalised, dropout masks drawn. Evaluates
+/// `f(z, x)` on the flattened state `[batch, Σ C_i H_i W_i]` with the injection
+/// `x = [batch, C0, H0, W0]` (branch 0 only).
+#[derive(Clone, Debug)]
+pub struct PreparedCore {
+    blocks: Vec<PreparedBlock>,
+    fusion: Fusion,
+    post_weights: Vec<Tensor<4>>,
+    post_norms: Vec<GroupNorm>,
+    shape: StateShape,
+}
+
+impl MdeqCore {
+    pub(crate) fn new(config: &MdeqConfig, device: &Device) -> Self {
+        let std = config.init_std;
+        Self {
+            blocks: config
+                .channels
+                .iter()
+                .map(|&c| ResidualBlock::new(c, config.expansion, config.groups, config.dropout, std, device))
+                .collect(),
+            fusion: Fusion::new(&config.channels, config.groups, std, device),
+            post_convs: config
+                .channels
+                .iter()
+                .map(|&c| WeightNormConv2dConfig::new([c, c], 1).with_init_std(std).init(device))
+                .collect(),
+            post_norms: config.channels.iter().map(|&c| group_norm(config.groups / 2, c, false, device)).collect(),
+        }
+    }
+
+    /// Freezes f for one forward pass on states of `shape` and batch `batch`: weight norms are
+    /// computed once and dropout masks drawn once (training mode: `device` has autodiff).
+    pub fn prepare(&self, shape: StateShape, batch: usize, device: &Device) -> PreparedCore {
+        PreparedCore {
+            blocks: self.blocks.iter().map(|b| b.prepare(batch, device)).collect(),
+            fusion: self.fusion.clone(),
+            post_weights: self.post_convs.iter().map(|c| c.weight()).collect(),
+            post_norms: self.post_norms.clone(),
+            shape,
+        }
+    }
+}
+
+impl PreparedCore {
+    /// f on branch tensors: `z[i]`: `[batch, C_i, H_i, W_i]`, `x`: `[batch, C0, H0, W0]`.
+    pub fn forward_branches(&self, z: Vec<Tensor<4>>, x: &Tensor<4>) -> Vec<Tensor<4>> {
+        let outs: Vec<Tensor<4>> = z
+            .into_iter()
+            .zip(&self.blocks)
+            .enumerate()
+            .map(|(i, (zi, block))| block.forward(zi, (i == 0).then_some(x)))
+            .collect();
+        self.fusion
+            .forward(&outs)
+            .into_iter()
+            .zip(self.post_weights.iter().zip(&self.post_norms))
+            .map(|(y, (w, norm))| norm.forward(conv_same(relu(y), w.clone())))
+            .collect()
+    }
+
+    /// The branch shapes of the state.
+    pub fn state_shape(&self) -> &StateShape {
+        &self.shape
+    }
+
+    /// The prepared residual blocks (their dropout masks are visible for tests).
+    pub fn blocks(&self) -> &[PreparedBlock] {
+        &self.blocks
+    }
+}
+
+impl DeqFunction for PreparedCore {
+    type Input = Tensor<4>;
+
+    fn forward(&self, z: Tensor<2>, x: &Tensor<4>) -> Tensor<2> {
+        let branches = self.shape.unflatten(z).expect("the layer keeps the state shape");
+        let out = self.forward_branches(branches, x);
+        self.shape.flatten(out).expect("f keeps every branch's shape")
+    }
+
+    fn without_autodiff(&self) -> Self {
+        Self {
+            blocks: self.blocks.iter().map(PreparedBlock::without_autodiff).collect(),
+            fusion: detach_module(&self.fusion),
+            post_weights: self.post_weights.iter().map(|w| w.clone().detach().without_autodiff()).collect(),
+            post_norms: self.post_norms.iter().map(detach_module).collect(),
+            shape: self.shape.clone(),
+        }
+    }
+
+    fn is_autodiff(&self) -> bool {
+        self.blocks.iter().any(PreparedBlock::is_autodiff) || module_is_autodiff(&self.fusion)
+    }
+}
