@@ -40,6 +40,7 @@
 //! direction and [`solver::broyden_from`] starts a solve from a given inverse.
 
 pub mod backward;
+pub mod bilevel;
 mod deq;
 mod error;
 mod function;

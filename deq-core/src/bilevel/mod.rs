@@ -1,0 +1,23 @@
+//! Bi-level optimisation (hyperparameter optimisation) with SHINE.
+//!
+//! Inner problem `x*(λ) = argminₓ h(x, λ)` with `h = Σ log(1 + exp(−yᵢ aᵢᵀx)) + ½ e^λ ‖x‖²`
+//! (sums, λ the log of the regularisation strength, no intercept); outer loss `g(x*(λ))` on a
+//! validation set. The hypergradient is `∇_λ = −e^λ x*ᵀ H⁻¹ ∇ₓg` with `H = ∇²ₓₓh`; the
+//! methods differ in how `q ≈ H⁻¹ ∇ₓg` is obtained ([`HypergradMethod`]): SHINE reuses the
+//! inverse-Hessian estimate of the L-BFGS inner solve. Plain Rust on the CPU: sparse data,
+//! no autodiff.
+mod cg;
+mod data;
+mod error;
+mod hypergrad;
+mod lbfgs;
+mod logistic;
+mod sparse;
+
+pub use cg::{CgResult, conjugate_gradient};
+pub use data::{breast_cancer, split_indices, split_problem};
+pub use error::BilevelError;
+pub use hypergrad::{BilevelProblem, HypergradMethod, Hypergradient};
+pub use lbfgs::{LbfgsConfig, LbfgsMemory, LbfgsResult, lbfgs};
+pub use logistic::{LogisticLoss, RidgeLogistic};
+pub use sparse::{CsrMatrix, binary_labels, read_libsvm};
