@@ -12,12 +12,14 @@ mod error;
 mod hypergrad;
 mod lbfgs;
 mod logistic;
+mod outer;
 mod sparse;
 
 pub use cg::{CgResult, conjugate_gradient};
-pub use data::{breast_cancer, split_indices, split_problem};
+pub use data::{breast_cancer, split_indices, split_problem, synthetic_sparse};
 pub use error::BilevelError;
 pub use hypergrad::{BilevelProblem, HypergradMethod, Hypergradient};
 pub use lbfgs::{LbfgsConfig, LbfgsMemory, LbfgsResult, lbfgs};
 pub use logistic::{LogisticLoss, RidgeLogistic};
+pub use outer::{OuterConfig, OuterMethod, OuterStep, grid_search, optimize_lambda, random_search};
 pub use sparse::{CsrMatrix, binary_labels, read_libsvm};
