@@ -1,5 +1,8 @@
-//! `deq-train`: the command-line front end. For now one subcommand, `toy`, which trains the
-//! dense DEQ classifier of `deq-models` on synthetic data with any backward mode.
+//! `deq-train`: the command-line front end. Subcommands: `toy` trains the dense DEQ classifier
+//! of `deq-models` on synthetic data with any backward mode; `hpo` runs the bi-level
+//! hyperparameter optimisation experiment (HOAG, SHINE, OPA, … on logistic regression).
+mod hpo;
+
 use std::time::Instant;
 
 use anyhow::Context;
@@ -44,6 +47,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Hyperparameter optimisation of an ℓ2-regularised logistic regression (SHINE's first
+    /// experiment): writes trace.csv and summary.json into --out.
+    Hpo {
+        /// `breast-cancer`, `synthetic[:ROWSxCOLS]` (default real-sim shape 72309x20958),
+        /// `fortunes[:DIR]` or `libsvm:PATH`.
+        #[arg(long, default_value = "breast-cancer")]
+        dataset: String,
+        /// Comma-separated methods: hoag, shine, shine-refine, jfb, opa, cg<k>, grid, random.
+        #[arg(long, value_delimiter = ',', default_value = "hoag,shine,shine-refine,jfb,opa,grid,random")]
+        methods: Vec<String>,
+        /// Number of seeds (random 90/5/5 splits).
+        #[arg(long, default_value_t = 10)]
+        seeds: usize,
+        /// Outer iterations (points for grid and random search).
+        #[arg(long, default_value_t = 30)]
+        outer_iters: usize,
+        /// Output folder.
+        #[arg(long, default_value = "hpo-out")]
+        out: std::path::PathBuf,
+    },
 }
 
 const INPUT: usize = 16;
@@ -54,6 +77,9 @@ fn main() -> anyhow::Result<()> {
         Command::Toy { backward, steps, batch, hidden, forward_iters, lr, seed } => {
             anyhow::ensure!(steps > 0 && batch > 0 && hidden > 0, "--steps, --batch and --hidden must be at least 1");
             toy(backward, steps, batch, hidden, forward_iters, lr, seed)
+        }
+        Command::Hpo { dataset, methods, seeds, outer_iters, out } => {
+            hpo::run(&hpo::HpoArgs { dataset, methods, seeds, out, outer_iters })
         }
     }
 }

@@ -14,6 +14,7 @@ mod lbfgs;
 mod logistic;
 mod outer;
 mod sparse;
+mod text;
 
 pub use cg::{CgResult, conjugate_gradient};
 pub use data::{breast_cancer, split_indices, split_problem, synthetic_sparse};
@@ -23,3 +24,4 @@ pub use lbfgs::{LbfgsConfig, LbfgsMemory, LbfgsResult, lbfgs};
 pub use logistic::{LogisticLoss, RidgeLogistic};
 pub use outer::{OuterConfig, OuterMethod, OuterStep, grid_search, optimize_lambda, random_search};
 pub use sparse::{CsrMatrix, binary_labels, read_libsvm};
+pub use text::{FORTUNES_POSITIVE, fortunes_dataset};
