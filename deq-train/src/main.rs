@@ -2,6 +2,7 @@
 //! of `deq-models` on synthetic data with any backward mode; `hpo` runs the bi-level
 //! hyperparameter optimisation experiment (HOAG, SHINE, OPA, … on logistic regression).
 mod hpo;
+mod plot;
 
 use std::time::Instant;
 

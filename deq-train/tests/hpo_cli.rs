@@ -13,7 +13,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn hpo_writes_a_trace_and_a_summary() {
+fn hpo_writes_a_trace_a_summary_and_a_plot() {
     let out = temp_dir("hpo");
     let status = deq_train()
         .args(["hpo", "--dataset", "synthetic:600x80", "--methods", "hoag,shine,opa,jfb,cg3,grid,random", "--seeds", "2", "--outer-iters", "6", "--out"])
@@ -29,7 +29,10 @@ fn hpo_writes_a_trace_and_a_summary() {
     for method in ["hoag", "shine", "opa", "jfb", "cg3", "grid", "random"] {
         assert!(summary[method]["median_final_test_loss"].as_f64().unwrap().is_finite(), "{method}");
     }
-    assert!(!out.join("trace.csv.tmp").exists() && !out.join("summary.json.tmp").exists());
+    let png = std::fs::read(out.join("suboptimality.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+    assert!(png.len() > 10_000, "a real picture, not an empty canvas ({} bytes)", png.len());
+    assert!(!out.join("trace.csv.tmp").exists() && !out.join("summary.json.tmp").exists() && !out.join("suboptimality.tmp.png").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }
 
