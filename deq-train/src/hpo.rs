@@ -159,7 +159,7 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
     // The figure goes through a temporary file too (the backend writes the path it is given).
     let png = args.out.join("suboptimality.png");
     let tmp_png = args.out.join("suboptimality.tmp.png");
-    crate::plot::plot_suboptimality(&traces, &args.methods, args.seeds, &format!("{}: median over {} seeds, 10–90 % band", args.dataset, args.seeds), &tmp_png)?;
+    crate::plot::plot_suboptimality(&traces, &args.methods, args.seeds, &format!("{}: median over {} seeds, 10–90 % band", args.dataset.split(':').next().unwrap_or(""), args.seeds), &tmp_png)?;
     std::fs::rename(&tmp_png, &png).with_context(|| format!("renaming {} to {}", tmp_png.display(), png.display()))?;
     let summary = summarise(&traces, &args.methods, args.seeds);
     write_atomic(&args.out.join("summary.json"), |file| {
