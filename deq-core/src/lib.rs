@@ -42,6 +42,7 @@
 pub mod backward;
 pub mod bilevel;
 mod deq;
+pub mod dense;
 mod error;
 mod function;
 pub mod solver;

@@ -114,7 +114,7 @@ fn adjoint_errors(toy: &Toy) -> (f64, f64) {
                 a[r * n + c] = if r == c { 1.0 } else { 0.0 } - jf_cr;
             }
         }
-        let exact = solve_dense(a, toy.c[s * n..(s + 1) * n].to_vec());
+        let exact = deq_core::dense::solve(a, toy.c[s * n..(s + 1) * n].to_vec()).expect("I − J_f is invertible for a contraction");
         err_t += rel_err(&w_t[s * n..(s + 1) * n], &exact);
         err_b += rel_err(&w_b[s * n..(s + 1) * n], &exact);
         // The low-rank products agree with the dense matrix −I + U Vᵀ.
@@ -238,28 +238,4 @@ fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Ve
     let grads = (z * toy.c()).sum().backward();
     let (w, u, b, x) = params;
     [w, u, b, x].iter().map(|p| host(&p.grad(&grads).unwrap())).collect()
-}
-
-/// Gaussian elimination with partial pivoting (row-major n × n).
-fn solve_dense(mut a: Vec<f64>, mut b: Vec<f64>) -> Vec<f64> {
-    let n = b.len();
-    for col in 0..n {
-        let p = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs())).unwrap();
-        for j in 0..n {
-            a.swap(p * n + j, col * n + j);
-        }
-        b.swap(p, col);
-        for r in col + 1..n {
-            let f = a[r * n + col] / a[col * n + col];
-            for j in col..n {
-                a[r * n + j] -= f * a[col * n + j];
-            }
-            b[r] -= f * b[col];
-        }
-    }
-    let mut x = vec![0.0; n];
-    for r in (0..n).rev() {
-        x[r] = (b[r] - (r + 1..n).map(|j| a[r * n + j] * x[j]).sum::<f64>()) / a[r * n + r];
-    }
-    x
 }

@@ -83,7 +83,7 @@ impl BilevelProblem {
                 break;
             }
             gnorm = gn;
-            let step = solve_dense(self.inner.dense_hessian(&x, lambda), g);
+            let Some(step) = crate::dense::solve(self.inner.dense_hessian(&x, lambda), g) else { break };
             x.iter_mut().zip(&step).for_each(|(xi, si)| *xi -= si);
         }
         x
@@ -103,7 +103,8 @@ impl BilevelProblem {
         let start = || warm.map(<[f64]>::to_vec).unwrap_or_else(|| vec![0.0; n]);
         let shine = || memory.map(|m| m.apply(&gout)).unwrap_or_else(|| gout.clone());
         let q = match method {
-            HypergradMethod::Exact => solve_dense(self.inner.dense_hessian(x, lambda), gout.clone()),
+            // A singular Hessian cannot happen with e^λ > 0; NaN then surfaces as an error upstream.
+            HypergradMethod::Exact => crate::dense::solve(self.inner.dense_hessian(x, lambda), gout.clone()).unwrap_or_else(|| vec![f64::NAN; n]),
             HypergradMethod::Cg { tol, max_iter } => conjugate_gradient(&mut hvp, &gout, start(), tol, max_iter).x,
             HypergradMethod::Shine => shine(),
             HypergradMethod::ShineRefine { iterations } => conjugate_gradient(&mut hvp, &gout, shine(), 0.0, iterations).x,
@@ -113,30 +114,4 @@ impl BilevelProblem {
         let value = -lambda.exp() * dot(x, &q);
         Hypergradient { value, q, hvps }
     }
-}
-
-/// Gaussian elimination with partial pivoting (row-major `n × n`).
-pub(crate) fn solve_dense(mut a: Vec<f64>, mut b: Vec<f64>) -> Vec<f64> {
-    let n = b.len();
-    for col in 0..n {
-        let p = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs())).expect("n > 0");
-        if p != col {
-            for j in 0..n {
-                a.swap(p * n + j, col * n + j);
-            }
-            b.swap(p, col);
-        }
-        for r in col + 1..n {
-            let f = a[r * n + col] / a[col * n + col];
-            for j in col..n {
-                a[r * n + j] -= f * a[col * n + j];
-            }
-            b[r] -= f * b[col];
-        }
-    }
-    let mut x = vec![0.0; n];
-    for r in (0..n).rev() {
-        x[r] = (b[r] - (r + 1..n).map(|j| a[r * n + j] * x[j]).sum::<f64>()) / a[r * n + r];
-    }
-    x
 }

@@ -72,12 +72,11 @@ pub(crate) fn anderson(
     tracker
 }
 
-/// Solves `[0 1ᵀ; 1 (K + λ I)] [ν; α] = [1; 0]` for α, by Gaussian elimination with partial
-/// pivoting. `gram` is the row-major `n × n` matrix K. Returns `None` if the system is singular
-/// or not finite.
+/// Solves `[0 1ᵀ; 1 (K + λ I)] [ν; α] = [1; 0]` for α (`K` the row-major `n × n` Gram matrix,
+/// normalised by its largest diagonal entry so that the ridge regularises at every scale).
+/// Returns `None` if the system is singular or not finite.
 fn constrained_least_squares(gram: &[f64], n: usize, ridge: f64) -> Option<Vec<f64>> {
     let size = n + 1;
-    // Scale the ridge with the problem so that it regularises at every residual magnitude.
     let scale = (0..n).map(|i| gram[i * n + i]).fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
     let mut a = vec![0.0f64; size * size];
     let mut rhs = vec![0.0f64; size];
@@ -90,39 +89,7 @@ fn constrained_least_squares(gram: &[f64], n: usize, ridge: f64) -> Option<Vec<f
         }
         a[i * size + i] += ridge;
     }
-    for col in 0..size {
-        let pivot = (col..size).max_by(|&r, &s| {
-            a[r * size + col].abs().total_cmp(&a[s * size + col].abs())
-        })?;
-        if !(a[pivot * size + col].abs() > 1e-300) {
-            return None;
-        }
-        if pivot != col {
-            for j in 0..size {
-                a.swap(pivot * size + j, col * size + j);
-            }
-            rhs.swap(pivot, col);
-        }
-        for r in col + 1..size {
-            let factor = a[r * size + col] / a[col * size + col];
-            if factor != 0.0 {
-                for j in col..size {
-                    a[r * size + j] -= factor * a[col * size + j];
-                }
-                rhs[r] -= factor * rhs[col];
-            }
-        }
-    }
-    let mut x = vec![0.0f64; size];
-    for r in (0..size).rev() {
-        let mut acc = rhs[r];
-        for j in r + 1..size {
-            acc -= a[r * size + j] * x[j];
-        }
-        x[r] = acc / a[r * size + r];
-    }
-    let alpha = x[1..].to_vec();
-    alpha.iter().all(|v| v.is_finite()).then_some(alpha)
+    crate::dense::solve(a, rhs).map(|x| x[1..].to_vec())
 }
 
 #[cfg(test)]
