@@ -243,6 +243,12 @@ fn outer_loop_reaches_the_grid_optimum() {
             assert!(reached <= best * 1.02, "{}: {reached} vs grid {best}", method.name());
         }
     }
+    let carried = optimize_lambda(&problem, &test, &OuterConfig { carry_memory: true, ..OuterMethod::Shine.default_config() }).unwrap();
+    let reached = carried.iter().map(|s| s.val_loss).fold(f64::INFINITY, f64::min);
+    println!("shine with carried L-BFGS pairs: best {reached:.5}, inner iterations {} (without: {})",
+        carried.iter().map(|s| s.inner_iterations).sum::<usize>(),
+        optimize_lambda(&problem, &test, &OuterMethod::Shine.default_config()).unwrap().iter().map(|s| s.inner_iterations).sum::<usize>());
+    assert!(reached <= best * 1.02);
     let random = random_search(&problem, &test, 20, 12.0, 1e-6, 1);
     assert_eq!(random.len(), 20);
     assert!(random.iter().all(|s| s.lambda.abs() <= 12.0));

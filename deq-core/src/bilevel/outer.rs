@@ -70,13 +70,26 @@ pub struct OuterConfig {
     pub rho: f64,
     /// λ is kept in `[−bound, bound]`.
     pub lambda_bound: f64,
+    /// Start each inner solve from the previous solve's L-BFGS pairs instead of an empty
+    /// memory (the curvature changes little between nearby λ).
+    pub carry_memory: bool,
 }
 
 impl OuterConfig {
     /// HOAG defaults: λ₀ = 0, 30 outer iterations, inner cap 1000, m = 10, ε₀ = 1e-3, ρ = 0.9,
-    /// λ in [−12, 12].
+    /// λ in [−12, 12], no carry-over of L-BFGS pairs.
     pub fn hoag() -> Self {
-        Self { method: OuterMethod::Hoag, lambda0: 0.0, outer_iters: 30, inner_max_iter: 1000, memory: 10, eps0: 1e-3, rho: 0.9, lambda_bound: 12.0 }
+        Self {
+            method: OuterMethod::Hoag,
+            lambda0: 0.0,
+            outer_iters: 30,
+            inner_max_iter: 1000,
+            memory: 10,
+            eps0: 1e-3,
+            rho: 0.9,
+            lambda_bound: 12.0,
+            carry_memory: false,
+        }
     }
 
     /// Checks the settings.
@@ -123,7 +136,8 @@ pub struct OuterStep {
 /// Gradient descent on λ with hypergradients (the reference HOAG outer loop): step `1/L`
 /// with an adaptive Lipschitz estimate `L` (×0.95 after an accepted step; ×2, λ reverted and
 /// ε halved when the outer loss grew by more than 20 %), inner tolerance `ε ← ρ ε`, warm starts
-/// of `x`, `q` and (for SHINE) nothing else: each inner solve builds its own memory.
+/// of `x` and (HOAG) `q`; the L-BFGS memory is rebuilt by every inner solve unless
+/// `carry_memory` is set.
 pub fn optimize_lambda(problem: &BilevelProblem, test: &LogisticLoss, config: &OuterConfig) -> Result<Vec<OuterStep>, BilevelError> {
     config.validate()?;
     let started = Instant::now();
@@ -134,11 +148,13 @@ pub fn optimize_lambda(problem: &BilevelProblem, test: &LogisticLoss, config: &O
     let mut q: Option<Vec<f64>> = None;
     let mut lipschitz: Option<f64> = None;
     let mut previous: Option<(f64, Vec<f64>, f64)> = None; // (λ, x, loss) of the last accepted step
+    let mut carried: Option<LbfgsMemory> = None;
     let mut trace = Vec::with_capacity(config.outer_iters);
     for iteration in 0..config.outer_iters {
         let inner = LbfgsConfig { memory: config.memory, max_iter: config.inner_max_iter, gtol: eps * grad0, ..LbfgsConfig::default() };
         let opa = matches!(config.method, OuterMethod::Opa).then_some(5);
-        let result = problem.solve_inner(lambda, x.clone(), &inner, LbfgsMemory::new(config.memory, true), opa);
+        let start = carried.take().filter(|_| config.carry_memory).unwrap_or_else(|| LbfgsMemory::new(config.memory, true));
+        let result = problem.solve_inner(lambda, x.clone(), &inner, start, opa);
         let val_loss = problem.outer.value(&result.x);
         let test_loss = test.value(&result.x);
         let rejected = previous.as_ref().is_some_and(|(_, _, loss)| val_loss > 1.2 * loss);
@@ -161,6 +177,9 @@ pub fn optimize_lambda(problem: &BilevelProblem, test: &LogisticLoss, config: &O
             continue;
         }
         x = result.x;
+        if config.carry_memory {
+            carried = Some(result.memory.clone());
+        }
         let method = match config.method {
             OuterMethod::Hoag => HypergradMethod::Cg { tol: eps, max_iter: 1000 },
             OuterMethod::Shine | OuterMethod::Opa => HypergradMethod::Shine,
