@@ -1,6 +1,6 @@
 //! Bundled and generated data for the bi-level experiments.
 use super::BilevelError;
-use super::logistic::{LogisticLoss, RidgeLogistic};
+use super::logistic::{LogisticLoss, MultinomialLoss, Ridge, RidgeLogistic};
 use super::hypergrad::BilevelProblem;
 use super::sparse::CsrMatrix;
 use crate::toy::SplitMix;
@@ -102,4 +102,23 @@ pub fn synthetic_sparse(rows: usize, cols: usize, density: f64, noise: f64, seed
         data.push(row);
     }
     Ok((CsrMatrix::from_rows(cols, data)?, labels))
+}
+
+/// The multinomial bi-level problem on a 90/5/5 split: labels in `0..classes`; errors on a label
+/// out of range or a split missing a class it needs (training must see every class).
+pub fn split_multinomial(a: &CsrMatrix, labels: &[usize], classes: usize, seed: u64) -> Result<(BilevelProblem<MultinomialLoss>, MultinomialLoss), BilevelError> {
+    if classes < 2 {
+        return Err(BilevelError::Data(format!("multinomial regression needs at least 2 classes, got {classes}")));
+    }
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, l)| **l >= classes) {
+        return Err(BilevelError::Data(format!("sample {i} has label {l}, outside 0..{classes}")));
+    }
+    let [train, val, test] = split_indices(a.rows(), seed)?;
+    let part = |rows: &[usize]| MultinomialLoss { a: a.select_rows(rows), labels: rows.iter().map(|&r| labels[r]).collect(), classes };
+    for c in 0..classes {
+        if !train.iter().any(|&r| labels[r] == c) {
+            return Err(BilevelError::Data(format!("class {c} is absent from the training split (seed {seed})")));
+        }
+    }
+    Ok((BilevelProblem { inner: Ridge { loss: part(&train) }, outer: part(&val) }, part(&test)))
 }

@@ -1,15 +1,16 @@
 //! Hypergradients of `λ ↦ g(x*(λ))` for the ridge-logistic inner problem.
 use super::cg::conjugate_gradient;
 use super::lbfgs::{LbfgsConfig, LbfgsMemory, LbfgsResult, dot, lbfgs, norm};
-use super::logistic::{LogisticLoss, RidgeLogistic};
+use super::logistic::{DataLoss, LogisticLoss, Ridge};
 
-/// An inner problem (training loss + `½ e^λ ‖x‖²`) and an outer loss (validation loss).
+/// An inner problem (training loss + `½ e^λ ‖x‖²`) and an outer loss (validation loss), both
+/// binary logistic by default, or multinomial ([`super::MultinomialLoss`]).
 #[derive(Debug, Clone)]
-pub struct BilevelProblem {
+pub struct BilevelProblem<L: DataLoss = LogisticLoss> {
     /// `h(x, λ)`.
-    pub inner: RidgeLogistic,
+    pub inner: Ridge<L>,
     /// `g(x)`, unregularised.
-    pub outer: LogisticLoss,
+    pub outer: L,
 }
 
 /// How `q ≈ H⁻¹ ∇ₓg` is obtained (`H = ∇²ₓₓh` at the inner solution).
@@ -51,7 +52,7 @@ pub struct Hypergradient {
     pub hvps: usize,
 }
 
-impl BilevelProblem {
+impl<L: DataLoss> BilevelProblem<L> {
     /// Solves the inner problem at `lambda` from `x0` with L-BFGS, starting from `memory`.
     /// `opa_every = Some(k)`: every `k` iterations add the pair along `e = B ∇ₓg(x)` rescaled
     /// to the last step's length (outer-problem awareness).

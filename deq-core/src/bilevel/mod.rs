@@ -17,11 +17,11 @@ mod sparse;
 mod text;
 
 pub use cg::{CgResult, conjugate_gradient};
-pub use data::{breast_cancer, split_indices, split_problem, synthetic_sparse};
+pub use data::{breast_cancer, split_indices, split_multinomial, split_problem, synthetic_sparse};
 pub use error::BilevelError;
 pub use hypergrad::{BilevelProblem, HypergradMethod, Hypergradient};
 pub use lbfgs::{LbfgsConfig, LbfgsMemory, LbfgsResult, lbfgs};
-pub use logistic::{LogisticLoss, RidgeLogistic};
+pub use logistic::{DataLoss, LogisticLoss, MultinomialLoss, Ridge, RidgeLogistic};
 pub use outer::{OuterConfig, OuterMethod, OuterStep, grid_search, optimize_lambda, random_search};
 pub use sparse::{CsrMatrix, binary_labels, read_libsvm};
 pub use text::{FORTUNES_POSITIVE, fortunes_dataset};

@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::BilevelError;
 use super::hypergrad::{BilevelProblem, HypergradMethod};
 use super::lbfgs::{LbfgsConfig, LbfgsMemory};
-use super::logistic::LogisticLoss;
+use super::logistic::DataLoss;
 use crate::toy::SplitMix;
 
 /// How the outer loop obtains its hypergradient.
@@ -138,10 +138,10 @@ pub struct OuterStep {
 /// ε halved when the outer loss grew by more than 20 %), inner tolerance `ε ← ρ ε`, warm starts
 /// of `x` and (HOAG) `q`; the L-BFGS memory is rebuilt by every inner solve unless
 /// `carry_memory` is set.
-pub fn optimize_lambda(problem: &BilevelProblem, test: &LogisticLoss, config: &OuterConfig) -> Result<Vec<OuterStep>, BilevelError> {
+pub fn optimize_lambda<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, config: &OuterConfig) -> Result<Vec<OuterStep>, BilevelError> {
     config.validate()?;
     let started = Instant::now();
-    let n = problem.inner.loss.a.cols();
+    let n = problem.inner.loss.dim();
     let grad0 = super::lbfgs::norm(&problem.inner.value_grad(&vec![0.0; n], config.lambda0).1).max(1.0);
     let (mut lambda, mut eps) = (config.lambda0, config.eps0);
     let mut x = vec![0.0; n];
@@ -204,21 +204,21 @@ pub fn optimize_lambda(problem: &BilevelProblem, test: &LogisticLoss, config: &O
 
 /// Grid search: `points` values of λ evenly spaced in `[−bound, bound]`, inner solves to
 /// `gtol` (relative to `‖∇h(0)‖`), warm-started from the previous point.
-pub fn grid_search(problem: &BilevelProblem, test: &LogisticLoss, points: usize, bound: f64, gtol: f64) -> Vec<OuterStep> {
+pub fn grid_search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, points: usize, bound: f64, gtol: f64) -> Vec<OuterStep> {
     let lambdas: Vec<f64> = (0..points).map(|i| -bound + 2.0 * bound * i as f64 / (points.max(2) - 1) as f64).collect();
     search(problem, test, &lambdas, gtol)
 }
 
 /// Random search: `points` values of λ uniform in `[−bound, bound]` (seeded).
-pub fn random_search(problem: &BilevelProblem, test: &LogisticLoss, points: usize, bound: f64, gtol: f64, seed: u64) -> Vec<OuterStep> {
+pub fn random_search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, points: usize, bound: f64, gtol: f64, seed: u64) -> Vec<OuterStep> {
     let mut rng = SplitMix::new(seed);
     let lambdas: Vec<f64> = (0..points).map(|_| -bound + 2.0 * bound * rng.uniform()).collect();
     search(problem, test, &lambdas, gtol)
 }
 
-fn search(problem: &BilevelProblem, test: &LogisticLoss, lambdas: &[f64], gtol: f64) -> Vec<OuterStep> {
+fn search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, lambdas: &[f64], gtol: f64) -> Vec<OuterStep> {
     let started = Instant::now();
-    let n = problem.inner.loss.a.cols();
+    let n = problem.inner.loss.dim();
     let mut x = vec![0.0; n];
     lambdas
         .iter()
