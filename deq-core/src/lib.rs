@@ -38,6 +38,10 @@
 //!
 //! Room for outer-problem awareness (OPA): [`LowRankInverse::push`] accepts extra pairs in any
 //! direction and [`solver::broyden_from`] starts a solve from a given inverse.
+//!
+//! [`bilevel`] holds the bi-level side of SHINE (hyperparameter optimisation): sparse binary
+//! and multinomial logistic regression, L-BFGS with its inverse-Hessian memory exposed,
+//! conjugate gradient, the HOAG outer loop and the SHINE / OPA hypergradients.
 
 pub mod backward;
 pub mod bilevel;
