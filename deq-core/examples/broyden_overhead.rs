@@ -14,13 +14,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("whole numbers")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("whole numbers"))
+        .collect();
     let get = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
     let (batch, dim, memory, iters) = (get(0, 32), get(1, 30720), get(2, 30), get(3, 20));
     let device = Device::default();
     let x = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
     let f = |z: Tensor<2>| (z * 0.9 + x.clone()).tanh();
-    let config = SolverConfig::new(SolverKind::broyden(memory)).with_max_iter(iters).with_tol(1e-30);
+    let config = SolverConfig::new(SolverKind::broyden(memory))
+        .with_max_iter(iters)
+        .with_tol(1e-30);
     let mut per_iter = Vec::new();
     let mut per_f = Vec::new();
     for _ in 0..5 {

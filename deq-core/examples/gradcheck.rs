@@ -43,22 +43,38 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut device = Device::default();
-    device.configure(FloatDType::F64).map_err(|e| anyhow::anyhow!("cannot use f64 on {device:?}: {e:?}"))?;
+    device
+        .configure(FloatDType::F64)
+        .map_err(|e| anyhow::anyhow!("cannot use f64 on {device:?}: {e:?}"))?;
     let toy = Toy::new(args.seed, args.batch, args.dim, args.input, args.rho);
 
     let exact_config = DeqConfig::new(
-        SolverConfig::new(SolverKind::broyden(100)).with_max_iter(200).with_tol(1e-13).with_stop(StopMode::Absolute),
+        SolverConfig::new(SolverKind::broyden(100))
+            .with_max_iter(200)
+            .with_tol(1e-13)
+            .with_stop(StopMode::Absolute),
     )
-    .with_backward(BackwardMode::Implicit { solver: SolverKind::broyden(100), max_iter: 200, tol: 1e-13 });
+    .with_backward(BackwardMode::Implicit {
+        solver: SolverKind::broyden(100),
+        max_iter: 200,
+        tol: 1e-13,
+    });
     let exact = gradients(&toy, &device, &exact_config)?;
 
     // Finite differences of the loss for the exact implicit gradient.
     let h = 1e-6;
-    let fd_solver = SolverConfig::new(SolverKind::broyden(100)).with_max_iter(200).with_tol(1e-14).with_stop(StopMode::Absolute);
+    let fd_solver = SolverConfig::new(SolverKind::broyden(100))
+        .with_max_iter(200)
+        .with_tol(1e-14)
+        .with_stop(StopMode::Absolute);
     let mut fd = Vec::new();
     for (which, size) in toy.sizes().into_iter().enumerate() {
         let grad: Vec<f64> = (0..size)
-            .map(|i| Ok((loss(&toy, &device, &fd_solver, which, i, h)? - loss(&toy, &device, &fd_solver, which, i, -h)?) / (2.0 * h)))
+            .map(|i| {
+                Ok((loss(&toy, &device, &fd_solver, which, i, h)?
+                    - loss(&toy, &device, &fd_solver, which, i, -h)?)
+                    / (2.0 * h))
+            })
             .collect::<anyhow::Result<_>>()?;
         fd.push(grad);
     }
@@ -71,11 +87,22 @@ fn main() -> anyhow::Result<()> {
         "per_parameter": per_parameter(&exact, &fd),
     });
 
-    let forward = SolverConfig::new(SolverKind::broyden(30)).with_max_iter(50).with_tol(args.tol);
+    let forward = SolverConfig::new(SolverKind::broyden(30))
+        .with_max_iter(50)
+        .with_tol(args.tol);
     let modes = [
-        "implicit", "implicit:solver=anderson,memory=5", "implicit:solver=fixed_point,max_iter=100",
-        "shine", "shine:fallback=1.8", "shine:refine=1", "shine:refine=5", "shine:refine=20",
-        "jfb", "jfb:refine=5", "phantom:k=5,tau=0.5", "unrolled",
+        "implicit",
+        "implicit:solver=anderson,memory=5",
+        "implicit:solver=fixed_point,max_iter=100",
+        "shine",
+        "shine:fallback=1.8",
+        "shine:refine=1",
+        "shine:refine=5",
+        "shine:refine=20",
+        "jfb",
+        "jfb:refine=5",
+        "phantom:k=5,tau=0.5",
+        "unrolled",
     ];
     let mut rows = Vec::new();
     for text in modes {
@@ -108,9 +135,18 @@ fn main() -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("toy DEQ f(z, x) = tanh(zW + xU + b), ‖W‖ = {}, batch {}, dim {}, f64", args.rho, args.batch, args.dim);
-        println!("exact implicit vs finite differences: rel_err {:.3e}", report["finite_difference"]["rel_err"].as_f64().unwrap());
-        println!("{:<45} {:>10} {:>11} {:>6}", "mode", "cosine", "rel_err", "VJPs");
+        println!(
+            "toy DEQ f(z, x) = tanh(zW + xU + b), ‖W‖ = {}, batch {}, dim {}, f64",
+            args.rho, args.batch, args.dim
+        );
+        println!(
+            "exact implicit vs finite differences: rel_err {:.3e}",
+            report["finite_difference"]["rel_err"].as_f64().unwrap()
+        );
+        println!(
+            "{:<45} {:>10} {:>11} {:>6}",
+            "mode", "cosine", "rel_err", "VJPs"
+        );
         for row in report["modes"].as_array().unwrap() {
             println!(
                 "{:<45} {:>10.6} {:>11.3e} {:>6}",
@@ -129,7 +165,11 @@ fn gradients(toy: &Toy, device: &Device, config: &DeqConfig) -> anyhow::Result<V
 }
 
 /// Gradients of L for (W, U, b, x), the VJP count of the backward and the forward iterations.
-fn gradients_with_stats(toy: &Toy, device: &Device, config: &DeqConfig) -> anyhow::Result<(Vec<Vec<f64>>, usize, usize)> {
+fn gradients_with_stats(
+    toy: &Toy,
+    device: &Device,
+    config: &DeqConfig,
+) -> anyhow::Result<(Vec<Vec<f64>>, usize, usize)> {
     let deq = config.init()?;
     let params = toy.tracked_inputs(device, DType::F64);
     let out = deq.forward(&toy_fn(), &params, toy.z0(device, DType::F64))?;
@@ -137,19 +177,39 @@ fn gradients_with_stats(toy: &Toy, device: &Device, config: &DeqConfig) -> anyho
     let (w, u, b, x) = params;
     let g = [w, u, b, x]
         .iter()
-        .map(|p| p.grad(&grads).map(|g| g.into_data().iter::<f64>().collect()).ok_or_else(|| anyhow::anyhow!("missing gradient")))
+        .map(|p| {
+            p.grad(&grads)
+                .map(|g| g.into_data().iter::<f64>().collect())
+                .ok_or_else(|| anyhow::anyhow!("missing gradient"))
+        })
         .collect::<anyhow::Result<_>>()?;
     let vjps = out.backward.get().map_or(0, |r| r.vjp_evaluations);
     Ok((g, vjps, out.stats.max_iterations()))
 }
 
-fn loss(toy: &Toy, device: &Device, solver: &SolverConfig, which: usize, index: usize, delta: f64) -> anyhow::Result<f64> {
+fn loss(
+    toy: &Toy,
+    device: &Device,
+    solver: &SolverConfig,
+    which: usize,
+    index: usize,
+    delta: f64,
+) -> anyhow::Result<f64> {
     let params = toy.inputs(device, DType::F64, which, index, delta);
     let f = toy_fn();
     let mut map = |z: Tensor<2>| f.forward(z, &params);
     let result = solver.solve(&mut map, toy.z0(device, DType::F64), solver.max_iter)?;
-    anyhow::ensure!(result.stats.all_converged(), "finite-difference solve did not converge");
-    Ok(result.z.into_data().iter::<f64>().zip(&toy.c).map(|(z, c)| z * c).sum())
+    anyhow::ensure!(
+        result.stats.all_converged(),
+        "finite-difference solve did not converge"
+    );
+    Ok(result
+        .z
+        .into_data()
+        .iter::<f64>()
+        .zip(&toy.c)
+        .map(|(z, c)| z * c)
+        .sum())
 }
 
 fn concat(g: &[Vec<f64>]) -> Vec<f64> {
@@ -172,7 +232,12 @@ fn per_parameter(a: &[Vec<f64>], exact: &[Vec<f64>]) -> Value {
     let map: serde_json::Map<String, Value> = TOY_PARAMETERS
         .iter()
         .zip(a.iter().zip(exact))
-        .map(|(name, (g, e))| (name.to_string(), json!({"cosine": cosine(g, e), "rel_err": rel_err(g, e)})))
+        .map(|(name, (g, e))| {
+            (
+                name.to_string(),
+                json!({"cosine": cosine(g, e), "rel_err": rel_err(g, e)}),
+            )
+        })
         .collect();
     Value::Object(map)
 }

@@ -29,7 +29,9 @@ impl DeqConfig {
     pub fn init(&self) -> Result<Deq, DeqError> {
         self.solver.validate()?;
         self.backward.validate(&self.solver.kind)?;
-        Ok(Deq { config: self.clone() })
+        Ok(Deq {
+            config: self.clone(),
+        })
     }
 }
 
@@ -67,7 +69,12 @@ impl Deq {
     /// Errors: `f(z0, x)` has another shape than `z0`, or `f` fails on its first evaluation.
     /// Samples that diverge or produce non-finite values are reported in the statistics and
     /// returned at their lowest-residual finite iterate (`z0` if none).
-    pub fn forward<F: DeqFunction>(&self, f: &F, x: &F::Input, z0: Tensor<2>) -> Result<DeqOutput, DeqError> {
+    pub fn forward<F: DeqFunction>(
+        &self,
+        f: &F,
+        x: &F::Input,
+        z0: Tensor<2>,
+    ) -> Result<DeqOutput, DeqError> {
         let training = f.is_autodiff() || x.is_autodiff();
         let solver = &self.config.solver;
         let max_iter = solver.budget(training);
@@ -76,7 +83,11 @@ impl Deq {
         if training && self.config.backward == BackwardMode::Unrolled {
             let mut map = |z: Tensor<2>| f.forward(z, x);
             let result = solver.solve(&mut map, z0.detach(), max_iter)?;
-            return Ok(DeqOutput { z: result.z, stats: result.stats, backward: report });
+            return Ok(DeqOutput {
+                z: result.z,
+                stats: result.stats,
+                backward: report,
+            });
         }
 
         let f_plain = f.without_autodiff();
@@ -87,7 +98,11 @@ impl Deq {
             solver.solve(&mut map, z0, max_iter)?
         };
         if !training {
-            return Ok(DeqOutput { z: result.z, stats: result.stats, backward: report });
+            return Ok(DeqOutput {
+                z: result.z,
+                stats: result.stats,
+                backward: report,
+            });
         }
 
         let z_star = result.z;
@@ -96,7 +111,11 @@ impl Deq {
             BackwardMode::Phantom { k, tau } => {
                 let mut z = z_star.clone();
                 for _ in 0..k {
-                    z = if tau == 1.0 { f.forward(z, x) } else { z.clone() * (1.0 - tau) + f.forward(z, x) * tau };
+                    z = if tau == 1.0 {
+                        f.forward(z, x)
+                    } else {
+                        z.clone() * (1.0 - tau) + f.forward(z, x) * tau
+                    };
                 }
                 z
             }
@@ -115,8 +134,15 @@ impl Deq {
             }
         };
         // A sample whose solve went non-finite keeps its finite iterate and gets no gradient.
-        let bad: Vec<bool> = status.iter().map(|s| *s == SolveStatus::NonFinite).collect();
+        let bad: Vec<bool> = status
+            .iter()
+            .map(|s| *s == SolveStatus::NonFinite)
+            .collect();
         let z = where_rows(z, &bad, z_star);
-        Ok(DeqOutput { z, stats: result.stats, backward: report })
+        Ok(DeqOutput {
+            z,
+            stats: result.stats,
+            backward: report,
+        })
     }
 }

@@ -30,7 +30,9 @@ pub enum DeqError {
     },
     /// The user's function `f` panicked on its first evaluation (typically a shape error inside
     /// Burn); the message is Burn's.
-    #[error("the DEQ function f failed on its first evaluation at z0 with shape {z0_shape:?}: {message}")]
+    #[error(
+        "the DEQ function f failed on its first evaluation at z0 with shape {z0_shape:?}: {message}"
+    )]
     FunctionFailed {
         /// Shape of the state `f` was called with.
         z0_shape: Vec<usize>,

@@ -107,7 +107,10 @@ where
     X: Injection,
     F: Fn(Tensor<2>, &X) -> Tensor<2> + Clone + Send + 'static,
 {
-    FnDeq { f, _input: PhantomData }
+    FnDeq {
+        f,
+        _input: PhantomData,
+    }
 }
 
 impl<X, F> DeqFunction for FnDeq<X, F>
@@ -146,7 +149,11 @@ where
     X: Injection,
     F: Fn(&M, Tensor<2>, &X) -> Tensor<2> + Clone + Send + 'static,
 {
-    ModuleDeq { module, f, _input: PhantomData }
+    ModuleDeq {
+        module,
+        f,
+        _input: PhantomData,
+    }
 }
 
 impl<M, X, F> DeqFunction for ModuleDeq<M, X, F>
@@ -162,7 +169,11 @@ where
     }
 
     fn without_autodiff(&self) -> Self {
-        Self { module: detach_module(&self.module), f: self.f.clone(), _input: PhantomData }
+        Self {
+            module: detach_module(&self.module),
+            f: self.f.clone(),
+            _input: PhantomData,
+        }
     }
 
     fn is_autodiff(&self) -> bool {

@@ -45,8 +45,8 @@
 
 pub mod backward;
 pub mod bilevel;
-mod deq;
 pub mod dense;
+mod deq;
 mod error;
 mod function;
 pub mod solver;
@@ -56,6 +56,10 @@ pub mod toy;
 pub use backward::{BackwardMode, BackwardReport, BackwardStats, ParseModeError};
 pub use deq::{Deq, DeqConfig, DeqOutput};
 pub use error::DeqError;
-pub use function::{DeqFunction, FnDeq, Injection, ModuleDeq, deq_fn, detach_module, module_fn, module_is_autodiff};
-pub use solver::{LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats, StopMode};
+pub use function::{
+    DeqFunction, FnDeq, Injection, ModuleDeq, deq_fn, detach_module, module_fn, module_is_autodiff,
+};
+pub use solver::{
+    LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats, StopMode,
+};
 pub use state::StateShape;

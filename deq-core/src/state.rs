@@ -19,10 +19,15 @@ impl StateShape {
 
     /// The shape of the given branch tensors (batch dimension ignored).
     pub fn of(branches: &[Tensor<4>]) -> Self {
-        Self::new(branches.iter().map(|t| {
-            let [_, c, h, w] = t.dims();
-            [c, h, w]
-        }).collect())
+        Self::new(
+            branches
+                .iter()
+                .map(|t| {
+                    let [_, c, h, w] = t.dims();
+                    [c, h, w]
+                })
+                .collect(),
+        )
     }
 
     /// Per-branch shapes.
@@ -49,26 +54,42 @@ impl StateShape {
         for (t, &[c, h, w]) in branches.into_iter().zip(&self.branches) {
             let dims = t.dims();
             if dims != [batch, c, h, w] {
-                return Err(DeqError::ShapeMismatch { what: "state branch", expected: vec![batch, c, h, w], found: dims.to_vec() });
+                return Err(DeqError::ShapeMismatch {
+                    what: "state branch",
+                    expected: vec![batch, c, h, w],
+                    found: dims.to_vec(),
+                });
             }
             flat.push(t.reshape([batch, c * h * w]));
         }
-        Ok(if flat.len() == 1 { flat.pop().unwrap() } else { Tensor::cat(flat, 1) })
+        Ok(if flat.len() == 1 {
+            flat.pop().unwrap()
+        } else {
+            Tensor::cat(flat, 1)
+        })
     }
 
     /// `[batch, dim]` to `Vec<[batch, C, H, W]>`.
     pub fn unflatten(&self, z: Tensor<2>) -> Result<Vec<Tensor<4>>, DeqError> {
         let [batch, dim] = z.dims();
         if dim != self.dim() {
-            return Err(DeqError::ShapeMismatch { what: "flattened state", expected: vec![batch, self.dim()], found: vec![batch, dim] });
+            return Err(DeqError::ShapeMismatch {
+                what: "flattened state",
+                expected: vec![batch, self.dim()],
+                found: vec![batch, dim],
+            });
         }
         let mut start = 0;
-        Ok(self.branches.iter().map(|&[c, h, w]| {
-            let size = c * h * w;
-            let branch = z.clone().narrow(1, start, size).reshape([batch, c, h, w]);
-            start += size;
-            branch
-        }).collect())
+        Ok(self
+            .branches
+            .iter()
+            .map(|&[c, h, w]| {
+                let size = c * h * w;
+                let branch = z.clone().narrow(1, start, size).reshape([batch, c, h, w]);
+                start += size;
+                branch
+            })
+            .collect())
     }
 }
 
@@ -92,9 +113,24 @@ mod tests {
             a.into_data().assert_eq(&b.into_data(), true);
         }
         let wrong = vec![Tensor::<4>::zeros([3, 4, 8, 8], &device)];
-        assert!(matches!(shape.flatten(wrong), Err(DeqError::ShapeMismatch { what: "number of state branches", .. })));
-        let wrong = vec![Tensor::<4>::zeros([3, 4, 8, 8], &device), Tensor::<4>::zeros([3, 6, 4, 5], &device)];
-        assert!(matches!(shape.flatten(wrong), Err(DeqError::ShapeMismatch { what: "state branch", .. })));
+        assert!(matches!(
+            shape.flatten(wrong),
+            Err(DeqError::ShapeMismatch {
+                what: "number of state branches",
+                ..
+            })
+        ));
+        let wrong = vec![
+            Tensor::<4>::zeros([3, 4, 8, 8], &device),
+            Tensor::<4>::zeros([3, 6, 4, 5], &device),
+        ];
+        assert!(matches!(
+            shape.flatten(wrong),
+            Err(DeqError::ShapeMismatch {
+                what: "state branch",
+                ..
+            })
+        ));
         assert!(shape.unflatten(Tensor::zeros([3, 5], &device)).is_err());
     }
 }

@@ -48,8 +48,12 @@ pub fn spectral_norm(a: &[f64], n: usize, m: usize) -> f64 {
     let mut v = vec![1.0 / (m as f64).sqrt(); m];
     let mut sigma = 0.0;
     for _ in 0..500 {
-        let av: Vec<f64> = (0..n).map(|i| (0..m).map(|j| a[i * m + j] * v[j]).sum()).collect();
-        let atav: Vec<f64> = (0..m).map(|j| (0..n).map(|i| a[i * m + j] * av[i]).sum()).collect();
+        let av: Vec<f64> = (0..n)
+            .map(|i| (0..m).map(|j| a[i * m + j] * v[j]).sum())
+            .collect();
+        let atav: Vec<f64> = (0..m)
+            .map(|j| (0..n).map(|i| a[i * m + j] * av[i]).sum())
+            .collect();
         let norm = atav.iter().map(|x| x * x).sum::<f64>().sqrt();
         if norm == 0.0 {
             return 0.0;
@@ -99,11 +103,24 @@ impl Toy {
     pub fn new(seed: u64, batch: usize, dim: usize, input: usize, rho: f64) -> Self {
         let mut rng = SplitMix::new(seed);
         let w = matrix_with_norm(&mut rng, dim, rho);
-        let u: Vec<f64> = rng.normals(input * dim).iter().map(|v| v / (input as f64).sqrt()).collect();
+        let u: Vec<f64> = rng
+            .normals(input * dim)
+            .iter()
+            .map(|v| v / (input as f64).sqrt())
+            .collect();
         let b: Vec<f64> = rng.normals(dim).iter().map(|v| 0.1 * v).collect();
         let x = rng.normals(batch * input);
         let c = rng.normals(batch * dim);
-        Self { batch, dim, input, w, u, b, x, c }
+        Self {
+            batch,
+            dim,
+            input,
+            w,
+            u,
+            b,
+            x,
+            c,
+        }
     }
 
     /// Number of entries of each parameter tensor, in [`ToyInput`] order.
@@ -113,11 +130,25 @@ impl Toy {
 
     /// The parameters on `device` (plain), with `delta` added to entry `index` of parameter
     /// `which` (0..4 in [`ToyInput`] order; use `delta = 0` for the unshifted problem).
-    pub fn inputs(&self, device: &Device, dtype: DType, which: usize, index: usize, delta: f64) -> ToyInput {
-        let mut params = [self.w.clone(), self.u.clone(), self.b.clone(), self.x.clone()];
+    pub fn inputs(
+        &self,
+        device: &Device,
+        dtype: DType,
+        which: usize,
+        index: usize,
+        delta: f64,
+    ) -> ToyInput {
+        let mut params = [
+            self.w.clone(),
+            self.u.clone(),
+            self.b.clone(),
+            self.x.clone(),
+        ];
         params[which][index] += delta;
         let [w, u, b, x] = params;
-        let t = |v: Vec<f64>, shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, shape), (device, dtype));
+        let t = |v: Vec<f64>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v, shape), (device, dtype))
+        };
         (
             t(w, [self.dim, self.dim]),
             t(u, [self.input, self.dim]),
@@ -140,7 +171,10 @@ impl Toy {
 
     /// The loss weights `c`, `[batch, dim]`.
     pub fn c(&self, device: &Device, dtype: DType) -> Tensor<2> {
-        Tensor::from_data(TensorData::new(self.c.clone(), [self.batch, self.dim]), (device, dtype))
+        Tensor::from_data(
+            TensorData::new(self.c.clone(), [self.batch, self.dim]),
+            (device, dtype),
+        )
     }
 }
 

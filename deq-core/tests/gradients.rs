@@ -23,10 +23,16 @@ fn implicit_matches_finite_differences() {
     let h = 1e-6;
     for (which, size) in toy.sizes().into_iter().enumerate() {
         let fd: Vec<f64> = (0..size)
-            .map(|i| (toy_loss(&toy, &solver, which, i, h) - toy_loss(&toy, &solver, which, i, -h)) / (2.0 * h))
+            .map(|i| {
+                (toy_loss(&toy, &solver, which, i, h) - toy_loss(&toy, &solver, which, i, -h))
+                    / (2.0 * h)
+            })
             .collect();
         let err = rel_err(&grads[which], &fd);
-        println!("{}: relative error vs finite differences {err:.3e}", NAMES[which]);
+        println!(
+            "{}: relative error vs finite differences {err:.3e}",
+            NAMES[which]
+        );
         assert!(err <= 1e-5, "{}: relative error {err:e}", NAMES[which]);
     }
 }
@@ -37,7 +43,10 @@ fn implicit_matches_long_unrolled_solve() {
     let toy = toy();
     let implicit = DeqConfig::new(tight_broyden(1e-13)).with_backward(exact_implicit());
     let unrolled = DeqConfig::new(
-        SolverConfig::new(SolverKind::fixed_point()).with_max_iter(400).with_tol(1e-15).with_stop(StopMode::Absolute),
+        SolverConfig::new(SolverKind::fixed_point())
+            .with_max_iter(400)
+            .with_tol(1e-15)
+            .with_stop(StopMode::Absolute),
     )
     .with_backward(BackwardMode::Unrolled);
     let (gi, _) = toy_gradients(&toy, &implicit);
@@ -51,7 +60,12 @@ fn implicit_matches_long_unrolled_solve() {
 }
 
 fn shine_config(tol: f64, mode: BackwardMode) -> DeqConfig {
-    DeqConfig::new(SolverConfig::new(SolverKind::broyden(60)).with_max_iter(100).with_tol(tol)).with_backward(mode)
+    DeqConfig::new(
+        SolverConfig::new(SolverKind::broyden(60))
+            .with_max_iter(100)
+            .with_tol(tol),
+    )
+    .with_backward(mode)
 }
 
 /// Must-show 3a: with Broyden converged to relative residual ≤ 1e-6, SHINE's weight gradient
@@ -70,7 +84,10 @@ fn shine_gradient_is_close_to_implicit() {
     assert!(cos > cos_jfb, "SHINE ({cos}) should beat JFB ({cos_jfb})");
     let report = out.backward.get().expect("backward ran");
     assert_eq!(report.mode, "shine");
-    assert_eq!(report.vjp_evaluations, 0, "SHINE needs no vector-Jacobian product");
+    assert_eq!(
+        report.vjp_evaluations, 0,
+        "SHINE needs no vector-Jacobian product"
+    );
 }
 
 /// Must-show 3b: applying `B` instead of `Bᵀ` is measurably worse. Compares both adjoint
@@ -82,7 +99,10 @@ fn transpose_matters() {
     for seed in 1..=5 {
         let (err_t, err_b) = adjoint_errors(&Toy::new(seed, 4, 16, 8, 0.7));
         println!("seed {seed}: mean relative adjoint error Bᵀ {err_t:.4e}, B {err_b:.4e}");
-        assert!(err_t < err_b, "seed {seed}: Bᵀ ({err_t}) must beat B ({err_b})");
+        assert!(
+            err_t < err_b,
+            "seed {seed}: Bᵀ ({err_t}) must beat B ({err_b})"
+        );
         ratios.push(err_b / err_t);
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
@@ -95,7 +115,11 @@ fn adjoint_errors(toy: &Toy) -> (f64, f64) {
     let params = toy.plain_shifted(0, 0, 0.0);
     let f = toy_fn();
     let mut map = |z: Tensor<2>| f.forward(z, &params);
-    let result = SolverConfig::new(SolverKind::broyden(60)).with_max_iter(100).with_tol(1e-8).solve(&mut map, toy.z0(), 100).unwrap();
+    let result = SolverConfig::new(SolverKind::broyden(60))
+        .with_max_iter(100)
+        .with_tol(1e-8)
+        .solve(&mut map, toy.z0(), 100)
+        .unwrap();
     assert!(result.stats.all_converged());
     let inverse = result.inverse.unwrap();
     let g = toy.c();
@@ -114,13 +138,16 @@ fn adjoint_errors(toy: &Toy) -> (f64, f64) {
                 a[r * n + c] = if r == c { 1.0 } else { 0.0 } - jf_cr;
             }
         }
-        let exact = deq_core::dense::solve(a, toy.c[s * n..(s + 1) * n].to_vec()).expect("I − J_f is invertible for a contraction");
+        let exact = deq_core::dense::solve(a, toy.c[s * n..(s + 1) * n].to_vec())
+            .expect("I − J_f is invertible for a contraction");
         err_t += rel_err(&w_t[s * n..(s + 1) * n], &exact);
         err_b += rel_err(&w_b[s * n..(s + 1) * n], &exact);
         // The low-rank products agree with the dense matrix −I + U Vᵀ.
         let dense = inverse.dense(s);
         let gs = &toy.c[s * n..(s + 1) * n];
-        let bg: Vec<f64> = (0..n).map(|r| (0..n).map(|c| dense[r * n + c] * gs[c]).sum::<f64>()).collect();
+        let bg: Vec<f64> = (0..n)
+            .map(|r| (0..n).map(|c| dense[r * n + c] * gs[c]).sum::<f64>())
+            .collect();
         assert!(rel_err(&bg_low[s * n..(s + 1) * n], &bg) < 1e-12);
     }
     (err_t / batch as f64, err_b / batch as f64)
@@ -133,13 +160,28 @@ fn refine_converges_to_implicit() {
     let (exact, _) = toy_gradients(&toy, &shine_config(1e-6, exact_implicit()));
     let mut errors = Vec::new();
     for k in [0, 1, 5, 20] {
-        let (g, out) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::Shine { fallback: None, refine: k }));
+        let (g, out) = toy_gradients(
+            &toy,
+            &shine_config(
+                1e-6,
+                BackwardMode::Shine {
+                    fallback: None,
+                    refine: k,
+                },
+            ),
+        );
         let err = rel_err(&g[0], &exact[0]);
-        println!("refine {k:>2}: relative error {err:.3e}, VJPs {}", out.backward.get().unwrap().vjp_evaluations);
+        println!(
+            "refine {k:>2}: relative error {err:.3e}, VJPs {}",
+            out.backward.get().unwrap().vjp_evaluations
+        );
         errors.push(err);
     }
     for pair in errors.windows(2) {
-        assert!(pair[1] <= pair[0] * 1.05 + 1e-12, "not monotone: {errors:?}");
+        assert!(
+            pair[1] <= pair[0] * 1.05 + 1e-12,
+            "not monotone: {errors:?}"
+        );
     }
     assert!(errors[3] <= 1e-4, "refine 20: {}", errors[3]);
 }
@@ -149,8 +191,14 @@ fn refine_converges_to_implicit() {
 fn jfb_refine_converges_to_implicit() {
     let toy = toy();
     let (exact, _) = toy_gradients(&toy, &shine_config(1e-6, exact_implicit()));
-    let (g0, _) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::JacobianFree { refine: 0 }));
-    let (g20, _) = toy_gradients(&toy, &shine_config(1e-6, BackwardMode::JacobianFree { refine: 20 }));
+    let (g0, _) = toy_gradients(
+        &toy,
+        &shine_config(1e-6, BackwardMode::JacobianFree { refine: 0 }),
+    );
+    let (g20, _) = toy_gradients(
+        &toy,
+        &shine_config(1e-6, BackwardMode::JacobianFree { refine: 20 }),
+    );
     let (e0, e20) = (rel_err(&g0[0], &exact[0]), rel_err(&g20[0], &exact[0]));
     println!("JFB {e0:.3e}, JFB + refine 20 {e20:.3e}");
     assert!(e20 <= 1e-4 && e20 < e0);
@@ -165,26 +213,48 @@ fn fallback_fires_only_on_the_ill_conditioned_sample() {
     let mut rng = Rng::new(11);
     let a = rng.normals(dim * dim);
     // Symmetric, so the spectral radius equals the norm and I − J_f is nearly singular.
-    let sym: Vec<f64> = (0..dim * dim).map(|k| { let (i, j) = (k / dim, k % dim); a[i * dim + j] + a[j * dim + i] }).collect();
+    let sym: Vec<f64> = (0..dim * dim)
+        .map(|k| {
+            let (i, j) = (k / dim, k % dim);
+            a[i * dim + j] + a[j * dim + i]
+        })
+        .collect();
     let s = spectral_norm(&sym, dim, dim);
     let w: Vec<f64> = sym.iter().map(|v| v / s).collect();
     let scales = vec![0.99, 0.3, 0.3, 0.3];
     let x: Vec<f64> = rng.normals(batch * dim).iter().map(|v| 1e-3 * v).collect();
     let c = rng.normals(batch * dim);
-    
+
     let run = |mode: BackwardMode| {
         let xt = tensor2(x.clone(), [batch, dim]).autodiff().require_grad();
-        let inputs = (tensor2(w.clone(), [dim, dim]), tensor2(scales.clone(), [batch, 1]), xt.clone());
-        let f = deq_core::deq_fn(|z: Tensor<2>, (w, s, x): &(Tensor<2>, Tensor<2>, Tensor<2>)| {
-            (z.matmul(w.clone()) * s.clone() + x.clone()).tanh()
-        });
+        let inputs = (
+            tensor2(w.clone(), [dim, dim]),
+            tensor2(scales.clone(), [batch, 1]),
+            xt.clone(),
+        );
+        let f = deq_core::deq_fn(
+            |z: Tensor<2>, (w, s, x): &(Tensor<2>, Tensor<2>, Tensor<2>)| {
+                (z.matmul(w.clone()) * s.clone() + x.clone()).tanh()
+            },
+        );
         let deq = shine_config(1e-8, mode).init().unwrap();
-        let out = deq.forward(&f, &inputs, Tensor::zeros([batch, dim], (&device(), burn::tensor::DType::F64))).unwrap();
+        let out = deq
+            .forward(
+                &f,
+                &inputs,
+                Tensor::zeros([batch, dim], (&device(), burn::tensor::DType::F64)),
+            )
+            .unwrap();
         assert!(out.stats.all_converged());
-        let grads = (out.z.clone() * tensor2(c.clone(), [batch, dim])).sum().backward();
+        let grads = (out.z.clone() * tensor2(c.clone(), [batch, dim]))
+            .sum()
+            .backward();
         (host(&xt.grad(&grads).unwrap()), out.backward.get())
     };
-    let (g_fallback, report) = run(BackwardMode::Shine { fallback: Some(1.8), refine: 0 });
+    let (g_fallback, report) = run(BackwardMode::Shine {
+        fallback: Some(1.8),
+        refine: 0,
+    });
     let (g_shine, _) = run(BackwardMode::shine());
     let (g_jfb, _) = run(BackwardMode::jacobian_free());
     let report = report.unwrap();
@@ -194,7 +264,10 @@ fn fallback_fires_only_on_the_ill_conditioned_sample() {
     // Row 0 of the injection gradient is JFB's, the other rows SHINE's.
     assert!(rel_err(&g_fallback[..dim], &g_jfb[..dim]) < 1e-12);
     assert!(rel_err(&g_fallback[dim..], &g_shine[dim..]) < 1e-12);
-    assert!(rel_err(&g_shine[..dim], &g_jfb[..dim]) > 1e-2, "the case must actually be ill-conditioned");
+    assert!(
+        rel_err(&g_shine[..dim], &g_jfb[..dim]) > 1e-2,
+        "the case must actually be ill-conditioned"
+    );
 }
 
 /// Must-show 4a: JacobianFree equals the gradient of one tracked application of f at z*.
@@ -205,7 +278,11 @@ fn jacobian_free_is_one_tracked_application() {
     let (g, _) = toy_gradients(&toy, &config);
     let manual = manual_gradients(&toy, &config, 1, 1.0);
     for which in 0..4 {
-        assert!(rel_err(&g[which], &manual[which]) < 1e-12, "{}", NAMES[which]);
+        assert!(
+            rel_err(&g[which], &manual[which]) < 1e-12,
+            "{}",
+            NAMES[which]
+        );
     }
 }
 
@@ -229,7 +306,11 @@ fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Ve
     let plain = toy.plain_shifted(0, 0, 0.0);
     let f = toy_fn();
     let mut map = |z: Tensor<2>| f.forward(z, &plain);
-    let z_star = config.solver.solve(&mut map, toy.z0(), config.solver.max_iter).unwrap().z;
+    let z_star = config
+        .solver
+        .solve(&mut map, toy.z0(), config.solver.max_iter)
+        .unwrap()
+        .z;
     let params = toy.tracked();
     let mut z = z_star;
     for _ in 0..k {
@@ -237,5 +318,8 @@ fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Ve
     }
     let grads = (z * toy.c()).sum().backward();
     let (w, u, b, x) = params;
-    [w, u, b, x].iter().map(|p| host(&p.grad(&grads).unwrap())).collect()
+    [w, u, b, x]
+        .iter()
+        .map(|p| host(&p.grad(&grads).unwrap()))
+        .collect()
 }

@@ -44,13 +44,28 @@ fn broyden_keeps_the_secant_identity() {
             let k = result.stats.samples[s].best_iteration;
             assert!(k >= 1, "the residual must have decreased at least once");
             let rows = |t: &Vec<f64>| t[s * dim..(s + 1) * dim].to_vec();
-            let g = |i: usize| -> Vec<f64> { rows(&seen[i].1).iter().zip(rows(&seen[i].0)).map(|(f, z)| f - z).collect() };
-            let dz: Vec<f64> = rows(&seen[k].0).iter().zip(rows(&seen[k - 1].0)).map(|(a, b)| a - b).collect();
+            let g = |i: usize| -> Vec<f64> {
+                rows(&seen[i].1)
+                    .iter()
+                    .zip(rows(&seen[i].0))
+                    .map(|(f, z)| f - z)
+                    .collect()
+            };
+            let dz: Vec<f64> = rows(&seen[k].0)
+                .iter()
+                .zip(rows(&seen[k - 1].0))
+                .map(|(a, b)| a - b)
+                .collect();
             let dg: Vec<f64> = g(k).iter().zip(g(k - 1)).map(|(a, b)| a - b).collect();
             let dense = inverse.dense(s);
-            let b_dg: Vec<f64> = (0..dim).map(|r| (0..dim).map(|c| dense[r * dim + c] * dg[c]).sum()).collect();
+            let b_dg: Vec<f64> = (0..dim)
+                .map(|r| (0..dim).map(|c| dense[r * dim + c] * dg[c]).sum())
+                .collect();
             let err = rel_err(&b_dg, &dz);
-            assert!(err <= 1e-6, "max_iter {max_iter}, sample {s}, step {k}: secant error {err:e}");
+            assert!(
+                err <= 1e-6,
+                "max_iter {max_iter}, sample {s}, step {k}: secant error {err:e}"
+            );
         }
     }
 }
@@ -65,11 +80,21 @@ fn broyden_returns_the_matrix_of_the_best_iterate() {
     let mut map = |z: Tensor<2>| (z.matmul(w.clone()) + b.clone()).tanh();
     // Tolerance never reached: the residual reaches round-off and jitters there, so the best
     // iterate is usually not the last; memory 2 makes the ring buffer overwrite pairs.
-    let config = SolverConfig::new(SolverKind::broyden(2)).with_tol(1e-300).with_stop(StopMode::Absolute);
+    let config = SolverConfig::new(SolverKind::broyden(2))
+        .with_tol(1e-300)
+        .with_stop(StopMode::Absolute);
     let long = config.solve(&mut map, zeros(batch, dim), 60).unwrap();
-    let best: Vec<usize> = long.stats.samples.iter().map(|s| s.best_iteration).collect();
+    let best: Vec<usize> = long
+        .stats
+        .samples
+        .iter()
+        .map(|s| s.best_iteration)
+        .collect();
     println!("best iterations of a 60-iteration run: {best:?}");
-    assert!(best.iter().any(|&k| k > 2 && k < 60), "the case must exercise an earlier best with evictions");
+    assert!(
+        best.iter().any(|&k| k > 2 && k < 60),
+        "the case must exercise an earlier best with evictions"
+    );
     let long_inverse = long.inverse.unwrap();
     for s in 0..batch {
         let short = config.solve(&mut map, zeros(batch, dim), best[s]).unwrap();
@@ -78,14 +103,23 @@ fn broyden_returns_the_matrix_of_the_best_iterate() {
         let found = long_inverse.dense(s);
         let err = rel_err(&found, &expected);
         assert!(err < 1e-12, "sample {s} (best {}): {err:e}", best[s]);
-        assert!(rel_err(&host(&long.z)[s * dim..(s + 1) * dim], &host(&short.z)[s * dim..(s + 1) * dim]) < 1e-15);
+        assert!(
+            rel_err(
+                &host(&long.z)[s * dim..(s + 1) * dim],
+                &host(&short.z)[s * dim..(s + 1) * dim]
+            ) < 1e-15
+        );
     }
 }
 
 fn solver_kinds(memory: usize) -> [SolverKind; 3] {
     [
         SolverKind::fixed_point(),
-        SolverKind::Anderson { memory, ridge: 1e-8, mixing: 1.0 },
+        SolverKind::Anderson {
+            memory,
+            ridge: 1e-8,
+            mixing: 1.0,
+        },
         SolverKind::broyden(memory),
     ]
 }
@@ -136,7 +170,11 @@ fn linear_with_one_bad_sample(batch: usize, dim: usize) -> (Tensor<2>, Tensor<2>
     let mut scales = vec![1.0; batch];
     scales[1] = 6.0;
     let x = rng.normals(batch * dim);
-    (tensor2(w, [dim, dim]), tensor2(scales, [batch, 1]), tensor2(x, [batch, dim]))
+    (
+        tensor2(w, [dim, dim]),
+        tensor2(scales, [batch, 1]),
+        tensor2(x, [batch, dim]),
+    )
 }
 
 /// Must-show 6a: a diverging sample is reported as such, the output has no NaN and the other
@@ -145,19 +183,39 @@ fn linear_with_one_bad_sample(batch: usize, dim: usize) -> (Tensor<2>, Tensor<2>
 fn diverging_sample_is_isolated() {
     let (batch, dim) = (4, 8);
     let (w, s, x) = linear_with_one_bad_sample(batch, dim);
-    let f = deq_fn(|z: Tensor<2>, (w, s, x): &(Tensor<2>, Tensor<2>, Tensor<2>)| z.matmul(w.clone()) * s.clone() + x.clone());
-    let config = DeqConfig::new(SolverConfig::new(SolverKind::fixed_point()).with_max_iter(200).with_tol(1e-10))
-        .with_backward(BackwardMode::jacobian_free());
+    let f = deq_fn(
+        |z: Tensor<2>, (w, s, x): &(Tensor<2>, Tensor<2>, Tensor<2>)| {
+            z.matmul(w.clone()) * s.clone() + x.clone()
+        },
+    );
+    let config = DeqConfig::new(
+        SolverConfig::new(SolverKind::fixed_point())
+            .with_max_iter(200)
+            .with_tol(1e-10),
+    )
+    .with_backward(BackwardMode::jacobian_free());
     let deq = config.init().unwrap();
-    let out = deq.forward(&f, &(w.clone(), s.clone(), x.clone()), zeros(batch, dim)).unwrap();
+    let out = deq
+        .forward(&f, &(w.clone(), s.clone(), x.clone()), zeros(batch, dim))
+        .unwrap();
     let statuses: Vec<SolveStatus> = out.stats.samples.iter().map(|s| s.status).collect();
-    println!("statuses: {statuses:?}, iterations {:?}", out.stats.samples.iter().map(|s| s.iterations).collect::<Vec<_>>());
+    println!(
+        "statuses: {statuses:?}, iterations {:?}",
+        out.stats
+            .samples
+            .iter()
+            .map(|s| s.iterations)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(statuses[1], SolveStatus::Diverged);
     assert!(host(&out.z).iter().all(|v| v.is_finite()));
     // The other samples, solved without the bad one, give the same result.
     let keep = [0usize, 2, 3];
-    let rows = |t: &Tensor<2>| Tensor::cat(keep.iter().map(|&i| t.clone().narrow(0, i, 1)).collect(), 0);
-    let alone = deq.forward(&f, &(w, rows(&s), rows(&x)), zeros(3, dim)).unwrap();
+    let rows =
+        |t: &Tensor<2>| Tensor::cat(keep.iter().map(|&i| t.clone().narrow(0, i, 1)).collect(), 0);
+    let alone = deq
+        .forward(&f, &(w, rows(&s), rows(&x)), zeros(3, dim))
+        .unwrap();
     assert!(alone.stats.all_converged());
     let z = host(&out.z);
     let z_alone = host(&alone.z);
@@ -177,24 +235,45 @@ fn non_finite_sample_is_isolated_for_every_solver() {
     let s = tensor2(vec![1.0, 1.0, -1.0, 1.0], [batch, 1]);
     for kind in solver_kinds(6) {
         for training in [false, true] {
-            let f = deq_fn(|z: Tensor<2>, (w, b, s): &(Tensor<2>, Tensor<2>, Tensor<2>)| {
-                (z.matmul(w.clone()) + b.clone()).tanh() + s.clone().log() * 0.0
-            });
-            let bt = if training { b.clone().autodiff().require_grad() } else { b.clone() };
-            let deq = DeqConfig::new(SolverConfig::new(kind.clone()).with_max_iter(100).with_tol(1e-10))
-                .with_backward(BackwardMode::jacobian_free())
-                .init()
+            let f = deq_fn(
+                |z: Tensor<2>, (w, b, s): &(Tensor<2>, Tensor<2>, Tensor<2>)| {
+                    (z.matmul(w.clone()) + b.clone()).tanh() + s.clone().log() * 0.0
+                },
+            );
+            let bt = if training {
+                b.clone().autodiff().require_grad()
+            } else {
+                b.clone()
+            };
+            let deq = DeqConfig::new(
+                SolverConfig::new(kind.clone())
+                    .with_max_iter(100)
+                    .with_tol(1e-10),
+            )
+            .with_backward(BackwardMode::jacobian_free())
+            .init()
+            .unwrap();
+            let out = deq
+                .forward(&f, &(w.clone(), bt, s.clone()), zeros(batch, dim))
                 .unwrap();
-            let out = deq.forward(&f, &(w.clone(), bt, s.clone()), zeros(batch, dim)).unwrap();
             let statuses: Vec<SolveStatus> = out.stats.samples.iter().map(|s| s.status).collect();
             assert_eq!(
                 statuses,
-                vec![SolveStatus::Converged, SolveStatus::Converged, SolveStatus::NonFinite, SolveStatus::Converged],
+                vec![
+                    SolveStatus::Converged,
+                    SolveStatus::Converged,
+                    SolveStatus::NonFinite,
+                    SolveStatus::Converged
+                ],
                 "{} training={training}",
                 kind.name()
             );
             let z = host(&out.z.clone().without_autodiff());
-            assert!(z.iter().all(|v| v.is_finite()), "{} training={training}: NaN in output", kind.name());
+            assert!(
+                z.iter().all(|v| v.is_finite()),
+                "{} training={training}: NaN in output",
+                kind.name()
+            );
             assert!(out.stats.samples[0].rel_residual <= 1e-10);
         }
     }
@@ -207,10 +286,21 @@ fn nan_input_gives_non_finite_status() {
     let (w, _) = contractive(4, batch, dim, 0.5);
     let mut x = vec![0.1; batch * dim];
     x[dim + 2] = f64::NAN;
-    let f = deq_fn(|z: Tensor<2>, (w, x): &(Tensor<2>, Tensor<2>)| (z.matmul(w.clone()) + x.clone()).tanh());
+    let f = deq_fn(|z: Tensor<2>, (w, x): &(Tensor<2>, Tensor<2>)| {
+        (z.matmul(w.clone()) + x.clone()).tanh()
+    });
     for kind in solver_kinds(5) {
-        let deq = DeqConfig::new(SolverConfig::new(kind)).with_backward(BackwardMode::jacobian_free()).init().unwrap();
-        let out = deq.forward(&f, &(w.clone(), tensor2(x.clone(), [batch, dim])), zeros(batch, dim)).unwrap();
+        let deq = DeqConfig::new(SolverConfig::new(kind))
+            .with_backward(BackwardMode::jacobian_free())
+            .init()
+            .unwrap();
+        let out = deq
+            .forward(
+                &f,
+                &(w.clone(), tensor2(x.clone(), [batch, dim])),
+                zeros(batch, dim),
+            )
+            .unwrap();
         assert_eq!(out.stats.samples[1].status, SolveStatus::NonFinite);
         assert_eq!(out.stats.samples[0].status, SolveStatus::Converged);
         assert!(host(&out.z).iter().all(|v| v.is_finite()));
@@ -221,19 +311,73 @@ fn nan_input_gives_non_finite_status() {
 #[test]
 fn invalid_settings_name_the_field() {
     let cases: Vec<(DeqConfig, &str)> = vec![
-        (DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_tol(0.0)), "solver.tol"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_tol(-1e-3)), "solver.tol"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_tol(f64::NAN)), "solver.tol"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::broyden(0))), "solver.memory"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::anderson(0))), "solver.memory"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_max_iter(0)), "solver.max_iter"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::FixedPoint { damping: 0.0 })), "solver.damping"),
-        (DeqConfig::new(SolverConfig::new(SolverKind::Anderson { memory: 5, ridge: -1.0, mixing: 1.0 })), "solver.ridge"),
-        (DeqConfig::broyden(BackwardMode::Shine { fallback: Some(-1.0), refine: 0 }), "backward.fallback"),
-        (DeqConfig::broyden(BackwardMode::Phantom { k: 0, tau: 0.5 }), "backward.k"),
-        (DeqConfig::broyden(BackwardMode::Phantom { k: 2, tau: 1.5 }), "backward.tau"),
-        (DeqConfig::broyden(BackwardMode::Implicit { solver: SolverKind::broyden(0), max_iter: 10, tol: 1e-6 }), "backward.solver.memory"),
-        (DeqConfig::broyden(BackwardMode::Implicit { solver: SolverKind::broyden(5), max_iter: 10, tol: 0.0 }), "backward.tol"),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_tol(0.0)),
+            "solver.tol",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_tol(-1e-3)),
+            "solver.tol",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_tol(f64::NAN)),
+            "solver.tol",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::broyden(0))),
+            "solver.memory",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::anderson(0))),
+            "solver.memory",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::broyden(30)).with_max_iter(0)),
+            "solver.max_iter",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::FixedPoint { damping: 0.0 })),
+            "solver.damping",
+        ),
+        (
+            DeqConfig::new(SolverConfig::new(SolverKind::Anderson {
+                memory: 5,
+                ridge: -1.0,
+                mixing: 1.0,
+            })),
+            "solver.ridge",
+        ),
+        (
+            DeqConfig::broyden(BackwardMode::Shine {
+                fallback: Some(-1.0),
+                refine: 0,
+            }),
+            "backward.fallback",
+        ),
+        (
+            DeqConfig::broyden(BackwardMode::Phantom { k: 0, tau: 0.5 }),
+            "backward.k",
+        ),
+        (
+            DeqConfig::broyden(BackwardMode::Phantom { k: 2, tau: 1.5 }),
+            "backward.tau",
+        ),
+        (
+            DeqConfig::broyden(BackwardMode::Implicit {
+                solver: SolverKind::broyden(0),
+                max_iter: 10,
+                tol: 1e-6,
+            }),
+            "backward.solver.memory",
+        ),
+        (
+            DeqConfig::broyden(BackwardMode::Implicit {
+                solver: SolverKind::broyden(5),
+                max_iter: 10,
+                tol: 0.0,
+            }),
+            "backward.tol",
+        ),
     ];
     for (config, field) in cases {
         match config.init() {
@@ -241,7 +385,10 @@ fn invalid_settings_name_the_field() {
             other => panic!("expected an InvalidConfig error for {field}, got {other:?}"),
         }
     }
-    let err = DeqConfig::new(SolverConfig::new(SolverKind::anderson(5))).with_backward(BackwardMode::shine()).init().unwrap_err();
+    let err = DeqConfig::new(SolverConfig::new(SolverKind::anderson(5)))
+        .with_backward(BackwardMode::shine())
+        .init()
+        .unwrap_err();
     assert!(matches!(err, DeqError::IncompatibleModes { .. }), "{err}");
     println!("{err}");
 }
@@ -250,19 +397,40 @@ fn invalid_settings_name_the_field() {
 #[test]
 fn shape_mismatches_are_errors() {
     let (w, b) = contractive(1, 2, 6, 0.5);
-    let deq = DeqConfig::broyden(BackwardMode::jacobian_free()).init().unwrap();
-    let f = deq_fn(|z: Tensor<2>, (w, b): &(Tensor<2>, Tensor<2>)| (z.matmul(w.clone()) + b.clone()).tanh());
+    let deq = DeqConfig::broyden(BackwardMode::jacobian_free())
+        .init()
+        .unwrap();
+    let f = deq_fn(|z: Tensor<2>, (w, b): &(Tensor<2>, Tensor<2>)| {
+        (z.matmul(w.clone()) + b.clone()).tanh()
+    });
     // z0 with the wrong width: the matmul inside f fails.
-    let err = deq.forward(&f, &(w.clone(), b.clone()), zeros(2, 5)).unwrap_err();
+    let err = deq
+        .forward(&f, &(w.clone(), b.clone()), zeros(2, 5))
+        .unwrap_err();
     assert!(matches!(err, DeqError::FunctionFailed { .. }), "{err}");
     println!("{err}");
     // f returning another shape than z0.
     let g = deq_fn(|z: Tensor<2>, _: &()| z.narrow(1, 0, 3));
     let err = deq.forward(&g, &(), zeros(2, 6)).unwrap_err();
-    assert_eq!(err, DeqError::ShapeMismatch { what: "f(z0) output", expected: vec![2, 6], found: vec![2, 3] });
+    assert_eq!(
+        err,
+        DeqError::ShapeMismatch {
+            what: "f(z0) output",
+            expected: vec![2, 6],
+            found: vec![2, 3]
+        }
+    );
     // An injection with another batch size than z0 (broadcast fails inside f).
-    let err = deq.forward(&f, &(w, tensor2(vec![0.0; 18], [3, 6])), zeros(2, 6)).unwrap_err();
-    assert!(matches!(err, DeqError::FunctionFailed { .. } | DeqError::ShapeMismatch { .. }), "{err}");
+    let err = deq
+        .forward(&f, &(w, tensor2(vec![0.0; 18], [3, 6])), zeros(2, 6))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeqError::FunctionFailed { .. } | DeqError::ShapeMismatch { .. }
+        ),
+        "{err}"
+    );
 }
 
 /// The evaluation budget differs from the training one.
@@ -270,15 +438,24 @@ fn shape_mismatches_are_errors() {
 fn evaluation_budget_is_separate() {
     let (w, b) = contractive(2, 2, 8, 0.9);
     let config = DeqConfig::new(
-        SolverConfig::new(SolverKind::fixed_point()).with_max_iter(3).with_eval_max_iter(Some(7)).with_tol(1e-14),
+        SolverConfig::new(SolverKind::fixed_point())
+            .with_max_iter(3)
+            .with_eval_max_iter(Some(7))
+            .with_tol(1e-14),
     )
     .with_backward(BackwardMode::jacobian_free());
     let deq = config.init().unwrap();
-    let f = deq_fn(|z: Tensor<2>, (w, b): &(Tensor<2>, Tensor<2>)| (z.matmul(w.clone()) + b.clone()).tanh());
-    let eval = deq.forward(&f, &(w.clone(), b.clone()), zeros(2, 8)).unwrap();
+    let f = deq_fn(|z: Tensor<2>, (w, b): &(Tensor<2>, Tensor<2>)| {
+        (z.matmul(w.clone()) + b.clone()).tanh()
+    });
+    let eval = deq
+        .forward(&f, &(w.clone(), b.clone()), zeros(2, 8))
+        .unwrap();
     assert_eq!(eval.stats.max_iterations(), 7);
     assert_eq!(eval.stats.samples[0].status, SolveStatus::MaxIterations);
-    let train = deq.forward(&f, &(w, b.autodiff().require_grad()), zeros(2, 8)).unwrap();
+    let train = deq
+        .forward(&f, &(w, b.autodiff().require_grad()), zeros(2, 8))
+        .unwrap();
     assert_eq!(train.stats.max_iterations(), 3);
     assert_eq!(train.stats.samples[0].trace.len(), 4);
 }

@@ -17,7 +17,10 @@ impl SmallDeq {
     fn new(input: usize, dim: usize, classes: usize, device: &Device) -> Self {
         let inner = LinearConfig::new(dim, dim).with_bias(false).init(device);
         // Keep f contractive at initialisation: ‖W‖ ≲ 0.5.
-        let inner = Linear { weight: inner.weight.map(|w| (w * 0.3).detach().require_grad()), bias: None };
+        let inner = Linear {
+            weight: inner.weight.map(|w| (w * 0.3).detach().require_grad()),
+            bias: None,
+        };
         Self {
             injection: LinearConfig::new(input, dim).init(device),
             inner,
@@ -27,9 +30,10 @@ impl SmallDeq {
 
     fn forward(&self, deq: &Deq, x: Tensor<2>) -> (Tensor<2>, deq_core::DeqOutput) {
         let injected = self.injection.forward(x);
-        let f = module_fn(self.inner.clone(), |inner: &Linear, z: Tensor<2>, x: &Tensor<2>| {
-            (inner.forward(z) + x.clone()).tanh()
-        });
+        let f = module_fn(
+            self.inner.clone(),
+            |inner: &Linear, z: Tensor<2>, x: &Tensor<2>| (inner.forward(z) + x.clone()).tanh(),
+        );
         let [batch, dim] = injected.dims();
         let z0 = Tensor::zeros([batch, dim], &injected.device());
         let out = deq.forward(&f, &injected, z0).expect("forward");
@@ -38,19 +42,38 @@ impl SmallDeq {
 }
 
 fn deq(mode: BackwardMode) -> Deq {
-    DeqConfig::new(SolverConfig::new(SolverKind::broyden(20)).with_max_iter(20).with_tol(1e-4))
-        .with_backward(mode)
-        .init()
-        .unwrap()
+    DeqConfig::new(
+        SolverConfig::new(SolverKind::broyden(20))
+            .with_max_iter(20)
+            .with_tol(1e-4),
+    )
+    .with_backward(mode)
+    .init()
+    .unwrap()
 }
 
 fn all_modes() -> Vec<BackwardMode> {
     vec![
-        BackwardMode::Implicit { solver: SolverKind::broyden(20), max_iter: 20, tol: 1e-5 },
-        BackwardMode::Implicit { solver: SolverKind::anderson(5), max_iter: 20, tol: 1e-5 },
-        BackwardMode::Implicit { solver: SolverKind::fixed_point(), max_iter: 20, tol: 1e-5 },
+        BackwardMode::Implicit {
+            solver: SolverKind::broyden(20),
+            max_iter: 20,
+            tol: 1e-5,
+        },
+        BackwardMode::Implicit {
+            solver: SolverKind::anderson(5),
+            max_iter: 20,
+            tol: 1e-5,
+        },
+        BackwardMode::Implicit {
+            solver: SolverKind::fixed_point(),
+            max_iter: 20,
+            tol: 1e-5,
+        },
         BackwardMode::shine(),
-        BackwardMode::Shine { fallback: Some(1.8), refine: 2 },
+        BackwardMode::Shine {
+            fallback: Some(1.8),
+            refine: 2,
+        },
         BackwardMode::jacobian_free(),
         BackwardMode::JacobianFree { refine: 2 },
         BackwardMode::Phantom { k: 3, tau: 0.7 },
@@ -91,7 +114,11 @@ fn every_mode_trains_every_part() {
                 ] {
                     let g = g.unwrap_or_else(|| panic!("{}: no gradient for {name}", mode.name()));
                     let norm = g.powi_scalar(2).sum().into_scalar::<f64>().sqrt();
-                    assert!(norm > 0.0 && norm.is_finite(), "{}: {name} gradient norm {norm}", mode.name());
+                    assert!(
+                        norm > 0.0 && norm.is_finite(),
+                        "{}: {name} gradient norm {norm}",
+                        mode.name()
+                    );
                 }
             }
             let grads = GradientsParams::from_grads(grads, &model);
@@ -117,7 +144,14 @@ fn rss() -> usize {
 #[test]
 fn memory_stays_flat_over_500_steps() {
     let device = Device::default().autodiff();
-    for mode in [BackwardMode::Implicit { solver: SolverKind::broyden(20), max_iter: 20, tol: 1e-5 }, BackwardMode::shine()] {
+    for mode in [
+        BackwardMode::Implicit {
+            solver: SolverKind::broyden(20),
+            max_iter: 20,
+            tol: 1e-5,
+        },
+        BackwardMode::shine(),
+    ] {
         device.seed(5);
         let mut model = SmallDeq::new(8, 256, 4, &device);
         let deq = deq(mode.clone());
@@ -130,7 +164,10 @@ fn memory_stays_flat_over_500_steps() {
             let (pred, out) = model.forward(&deq, x);
             let loss = (pred - y).powi_scalar(2).mean();
             let grads = loss.backward();
-            assert!(out.backward.get().is_some(), "the backward ran through the layer");
+            assert!(
+                out.backward.get().is_some(),
+                "the backward ran through the layer"
+            );
             let grads = GradientsParams::from_grads(grads, &model);
             model = optim.step(1e-3, model, grads);
             if step % 50 == 49 {
@@ -138,10 +175,22 @@ fn memory_stays_flat_over_500_steps() {
             }
         }
         let mb = |b: usize| b as f64 / 1e6;
-        println!("{}: RSS every 50 steps (MB): {:?}", mode.name(), samples.iter().map(|&b| (mb(b) * 10.0).round() / 10.0).collect::<Vec<_>>());
+        println!(
+            "{}: RSS every 50 steps (MB): {:?}",
+            mode.name(),
+            samples
+                .iter()
+                .map(|&b| (mb(b) * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
         // After warm-up (step 100), growth over the remaining 400 steps stays under 24 MB; a
         // leaked graph per step would add ≥ 800 MB.
         let growth = samples.last().unwrap().saturating_sub(samples[1]);
-        assert!(mb(growth) < 24.0, "{}: RSS grew by {:.1} MB", mode.name(), mb(growth));
+        assert!(
+            mb(growth) < 24.0,
+            "{}: RSS grew by {:.1} MB",
+            mode.name(),
+            mb(growth)
+        );
     }
 }

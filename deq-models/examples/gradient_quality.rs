@@ -46,10 +46,23 @@ fn main() -> anyhow::Result<()> {
     let plain = device.clone().inner();
     device.seed(args.seed);
     let mut model = config.init(&device)?;
-    let teacher = Tensor::<2>::random([pixels, config.classes], Distribution::Normal(0.0, 1.0), &plain);
+    let teacher = Tensor::<2>::random(
+        [pixels, config.classes],
+        Distribution::Normal(0.0, 1.0),
+        &plain,
+    );
     let batch = |n: usize| {
-        let x = Tensor::<4>::random([n, config.input_channels, size, size], Distribution::Normal(0.0, 1.0), &plain);
-        let labels: Tensor<1, Int> = x.clone().reshape([n, pixels]).matmul(teacher.clone()).argmax(1).reshape([n]);
+        let x = Tensor::<4>::random(
+            [n, config.input_channels, size, size],
+            Distribution::Normal(0.0, 1.0),
+            &plain,
+        );
+        let labels: Tensor<1, Int> = x
+            .clone()
+            .reshape([n, pixels])
+            .matmul(teacher.clone())
+            .argmax(1)
+            .reshape([n]);
         (x.autodiff(), labels.autodiff())
     };
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -57,8 +70,14 @@ fn main() -> anyhow::Result<()> {
     report_convergence(&model, &config, size, 0)?;
     for step in 1..=args.pretrain_steps {
         let (x, labels) = batch(32);
-        let out = model.forward(x, MdeqMode::Unrolled { layers: model.pretrain_layers() })?;
-        let grads = GradientsParams::from_grads(loss_fn.forward(out.logits, labels).backward(), &model);
+        let out = model.forward(
+            x,
+            MdeqMode::Unrolled {
+                layers: model.pretrain_layers(),
+            },
+        )?;
+        let grads =
+            GradientsParams::from_grads(loss_fn.forward(out.logits, labels).backward(), &model);
         model = optim.step(1e-3, model, grads);
         if step % 25 == 0 || step == args.pretrain_steps {
             report_convergence(&model, &config, size, step)?;
@@ -66,18 +85,37 @@ fn main() -> anyhow::Result<()> {
     }
 
     let (x, labels) = batch(args.batch);
-    let modes = ["implicit:max_iter=60,tol=1e-8", "shine", "shine:fallback=1.8", "shine:refine=1", "shine:refine=5", "jfb", "jfb:refine=5", "phantom:k=5,tau=0.5"];
+    let modes = [
+        "implicit:max_iter=60,tol=1e-8",
+        "shine",
+        "shine:fallback=1.8",
+        "shine:refine=1",
+        "shine:refine=5",
+        "jfb",
+        "jfb:refine=5",
+        "phantom:k=5,tau=0.5",
+    ];
     let mut gradients = Vec::new();
-    println!("gradient of the whole network, batch {}, forward Broyden {} iterations:", args.batch, args.forward_iters);
+    println!(
+        "gradient of the whole network, batch {}, forward Broyden {} iterations:",
+        args.batch, args.forward_iters
+    );
     for text in modes {
         let mode: BackwardMode = text.parse()?;
         device.seed(args.seed + 1000); // the same dropout masks for every mode
-        let deq = DeqConfig::new(SolverConfig::new(SolverKind::broyden(args.forward_iters)).with_max_iter(args.forward_iters).with_tol(1e-4))
-            .with_backward(mode)
-            .init()?;
+        let deq = DeqConfig::new(
+            SolverConfig::new(SolverKind::broyden(args.forward_iters))
+                .with_max_iter(args.forward_iters)
+                .with_tol(1e-4),
+        )
+        .with_backward(mode)
+        .init()?;
         let out = model.forward(x.clone(), MdeqMode::Equilibrium(&deq))?;
         let layer = out.deq.clone().expect("equilibrium mode");
-        let grads = GradientsParams::from_grads(loss_fn.forward(out.logits, labels.clone()).backward(), &model);
+        let grads = GradientsParams::from_grads(
+            loss_fn.forward(out.logits, labels.clone()).backward(),
+            &model,
+        );
         let flat = flatten(&model, &grads);
         let backward = layer.backward.get();
         gradients.push(flat);
@@ -85,41 +123,73 @@ fn main() -> anyhow::Result<()> {
             "  {text:<32} forward max relative residual {:.1e}; fallbacks {}; adjoint residual {}",
             layer.stats.max_rel_residual(),
             backward.as_ref().map_or(0, |b| b.fallback_count()),
-            backward.and_then(|b| b.adjoint).map_or("-".to_string(), |a| format!("{:.1e}", a.max_rel_residual())),
+            backward
+                .and_then(|b| b.adjoint)
+                .map_or("-".to_string(), |a| format!("{:.1e}", a.max_rel_residual())),
         );
     }
     println!("cosine and norm ratio against {}:", modes[0]);
     for (text, g) in modes.iter().zip(&gradients).skip(1) {
-        println!("  {text:<32} cosine {:.4}  norm ratio {:.3}", cosine(g, &gradients[0]), norm(g) / norm(&gradients[0]));
+        println!(
+            "  {text:<32} cosine {:.4}  norm ratio {:.3}",
+            cosine(g, &gradients[0]),
+            norm(g) / norm(&gradients[0])
+        );
     }
 
-    let deq = DeqConfig::new(SolverConfig::new(SolverKind::broyden(22)).with_max_iter(22)).with_backward(BackwardMode::shine()).init()?;
+    let deq = DeqConfig::new(SolverConfig::new(SolverKind::broyden(22)).with_max_iter(22))
+        .with_backward(BackwardMode::shine())
+        .init()?;
     let mut times = Vec::new();
     for _ in 0..5 {
         let (x, labels) = batch(32);
         let started = std::time::Instant::now();
         let out = model.forward(x, MdeqMode::Equilibrium(&deq))?;
-        let grads = GradientsParams::from_grads(loss_fn.forward(out.logits, labels).backward(), &model);
+        let grads =
+            GradientsParams::from_grads(loss_fn.forward(out.logits, labels).backward(), &model);
         model = optim.step(1e-3, model, grads);
         times.push(started.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    println!("SHINE training step (batch 32, 22 Broyden iterations): median of 5 {:.3} s", times[2]);
+    println!(
+        "SHINE training step (batch 32, 22 Broyden iterations): median of 5 {:.3} s",
+        times[2]
+    );
     Ok(())
 }
 
 /// Forward Broyden solve (30 iterations, relative 1e-3) of the evaluation model on 4 inputs.
-fn report_convergence(model: &Mdeq, config: &MdeqConfig, size: usize, step: usize) -> anyhow::Result<()> {
+fn report_convergence(
+    model: &Mdeq,
+    config: &MdeqConfig,
+    size: usize,
+    step: usize,
+) -> anyhow::Result<()> {
     let eval = model.valid();
     let device = Device::default();
-    let x = Tensor::<4>::random([4, config.input_channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [4, config.input_channels, size, size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let (core, injection) = eval.prepare(x)?;
-    let solver = SolverConfig::new(SolverKind::broyden(30)).with_max_iter(30).with_tol(1e-3);
+    let solver = SolverConfig::new(SolverKind::broyden(30))
+        .with_max_iter(30)
+        .with_tol(1e-3);
     let mut map = |z: Tensor<2>| core.forward(z, &injection);
-    let result = solver.solve(&mut map, Tensor::zeros([4, core.state_shape().dim()], &device), 30)?;
+    let result = solver.solve(
+        &mut map,
+        Tensor::zeros([4, core.state_shape().dim()], &device),
+        30,
+    )?;
     println!(
         "after {step:>4} pretraining steps: Broyden iterations {:?}, max relative residual {:.2e}",
-        result.stats.samples.iter().map(|s| s.iterations).collect::<Vec<_>>(),
+        result
+            .stats
+            .samples
+            .iter()
+            .map(|s| s.iterations)
+            .collect::<Vec<_>>(),
         result.stats.max_rel_residual()
     );
     Ok(())
@@ -137,7 +207,10 @@ fn flatten(model: &Mdeq, grads: &GradientsParams) -> Vec<f64> {
             }
         }
     }
-    let mut collect = Collect { grads, out: Vec::new() };
+    let mut collect = Collect {
+        grads,
+        out: Vec::new(),
+    };
     model.visit(&mut collect);
     collect.out
 }

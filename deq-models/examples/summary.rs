@@ -34,21 +34,46 @@ fn main() -> anyhow::Result<()> {
     if !args.no_tree {
         println!("{model}");
     }
-    println!("config `{}`: {} branches {:?}, head {:?}, final {}", args.config, config.branches(), config.channels, config.head_channels, config.final_channels);
-    println!("trainable parameters: stem {}, f {}, head {}, total {}", trainable_params(&model.stem), trainable_params(&model.core), trainable_params(&model.head), trainable_params(&model));
+    println!(
+        "config `{}`: {} branches {:?}, head {:?}, final {}",
+        args.config,
+        config.branches(),
+        config.channels,
+        config.head_channels,
+        config.final_channels
+    );
+    println!(
+        "trainable parameters: stem {}, f {}, head {}, total {}",
+        trainable_params(&model.stem),
+        trainable_params(&model.core),
+        trainable_params(&model.head),
+        trainable_params(&model)
+    );
 
     let size = if config.input_channels == 1 { 28 } else { 32 };
-    let x = Tensor::<4>::random([args.batch, config.input_channels, size, size], Distribution::Normal(0.0, 1.0), &device);
-    let deq = DeqConfig::new(SolverConfig::new(SolverKind::broyden(args.iterations)).with_max_iter(args.iterations))
-        .with_backward(BackwardMode::shine())
-        .init()?;
+    let x = Tensor::<4>::random(
+        [args.batch, config.input_channels, size, size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let deq = DeqConfig::new(
+        SolverConfig::new(SolverKind::broyden(args.iterations)).with_max_iter(args.iterations),
+    )
+    .with_backward(BackwardMode::shine())
+    .init()?;
     let started = std::time::Instant::now();
     let out = model.forward(x, MdeqMode::Equilibrium(&deq))?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = out.deq.expect("equilibrium mode").stats;
-    println!("forward Broyden solve, batch {} of {}×{}×{} random N(0, 1) input ({seconds:.2} s, evaluation mode):", args.batch, config.input_channels, size, size);
+    println!(
+        "forward Broyden solve, batch {} of {}×{}×{} random N(0, 1) input ({seconds:.2} s, evaluation mode):",
+        args.batch, config.input_channels, size, size
+    );
     for (i, s) in stats.samples.iter().enumerate() {
-        println!("  sample {i}: {:?} after {} iterations, relative residual {:.3e} (best at iteration {})", s.status, s.iterations, s.rel_residual, s.best_iteration);
+        println!(
+            "  sample {i}: {:?} after {} iterations, relative residual {:.3e} (best at iteration {})",
+            s.status, s.iterations, s.rel_residual, s.best_iteration
+        );
     }
     Ok(())
 }

@@ -43,9 +43,14 @@ impl DenseDeqConfig {
     /// Builds the model on `device`. `f`'s weight is rescaled so its spectral norm is about
     /// `contraction` (Kaiming-uniform weights have norm ≈ 1 for square layers).
     pub fn init(&self, device: &Device) -> DenseDeq {
-        let inner = LinearConfig::new(self.hidden, self.hidden).with_bias(false).init(device);
+        let inner = LinearConfig::new(self.hidden, self.hidden)
+            .with_bias(false)
+            .init(device);
         let scale = self.contraction;
-        let inner = Linear { weight: inner.weight.map(|w| (w * scale).detach().require_grad()), bias: None };
+        let inner = Linear {
+            weight: inner.weight.map(|w| (w * scale).detach().require_grad()),
+            bias: None,
+        };
         DenseDeq {
             injection: LinearConfig::new(self.input, self.hidden).init(device),
             inner,
@@ -58,12 +63,16 @@ impl DenseDeq {
     /// `x`: `[batch, input]` → logits `[batch, classes]`, through the equilibrium `deq`.
     pub fn forward(&self, deq: &Deq, x: Tensor<2>) -> Result<DenseDeqOutput, DeqError> {
         let injected = self.injection.forward(x);
-        let f = module_fn(self.inner.clone(), |inner: &Linear, z: Tensor<2>, x: &Tensor<2>| {
-            (inner.forward(z) + x.clone()).tanh()
-        });
+        let f = module_fn(
+            self.inner.clone(),
+            |inner: &Linear, z: Tensor<2>, x: &Tensor<2>| (inner.forward(z) + x.clone()).tanh(),
+        );
         let z0 = injected.zeros_like().detach();
         let out = deq.forward(&f, &injected, z0)?;
-        Ok(DenseDeqOutput { logits: self.head.forward(out.z.clone()), deq: out })
+        Ok(DenseDeqOutput {
+            logits: self.head.forward(out.z.clone()),
+            deq: out,
+        })
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use deq_core::bilevel::{
-    CsrMatrix, OuterMethod, OuterStep, binary_labels, breast_cancer, fortunes_dataset, grid_search, optimize_lambda,
-    random_search, read_libsvm, split_problem, synthetic_sparse,
+    CsrMatrix, OuterMethod, OuterStep, binary_labels, breast_cancer, fortunes_dataset, grid_search,
+    optimize_lambda, random_search, read_libsvm, split_problem, synthetic_sparse,
 };
 use serde::Serialize;
 
@@ -55,15 +55,22 @@ struct MethodSummary {
 
 /// Loads a dataset by name (labels ±1).
 pub fn load_dataset(name: &str) -> anyhow::Result<(CsrMatrix, Vec<f64>)> {
-    let (kind, arg) = name.split_once(':').map_or((name, None), |(k, a)| (k, Some(a)));
+    let (kind, arg) = name
+        .split_once(':')
+        .map_or((name, None), |(k, a)| (k, Some(a)));
     Ok(match (kind, arg) {
         ("breast-cancer", None) => breast_cancer()?,
         ("synthetic", size) => {
             let (rows, cols) = match size {
                 None => (72_309, 20_958),
                 Some(s) => {
-                    let (r, c) = s.split_once('x').with_context(|| format!("synthetic size `{s}`: expected ROWSxCOLS"))?;
-                    (r.parse().with_context(|| format!("synthetic rows `{r}`"))?, c.parse().with_context(|| format!("synthetic cols `{c}`"))?)
+                    let (r, c) = s
+                        .split_once('x')
+                        .with_context(|| format!("synthetic size `{s}`: expected ROWSxCOLS"))?;
+                    (
+                        r.parse().with_context(|| format!("synthetic rows `{r}`"))?,
+                        c.parse().with_context(|| format!("synthetic cols `{c}`"))?,
+                    )
                 }
             };
             synthetic_sparse(rows, cols, 0.0024_f64.max(10.0 / cols as f64), 0.5, 0)?
@@ -77,11 +84,14 @@ pub fn load_dataset(name: &str) -> anyhow::Result<(CsrMatrix, Vec<f64>)> {
         }
         ("libsvm", Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-            let (a, labels) = read_libsvm(&text, None).with_context(|| format!("parsing {path}"))?;
+            let (a, labels) =
+                read_libsvm(&text, None).with_context(|| format!("parsing {path}"))?;
             let y = binary_labels(&labels).with_context(|| format!("labels of {path}"))?;
             (a, y)
         }
-        _ => bail!("unknown dataset `{name}` (expected breast-cancer, synthetic[:ROWSxCOLS], fortunes[:DIR] or libsvm:PATH)"),
+        _ => bail!(
+            "unknown dataset `{name}` (expected breast-cancer, synthetic[:ROWSxCOLS], fortunes[:DIR] or libsvm:PATH)"
+        ),
     })
 }
 
@@ -95,7 +105,9 @@ fn parse_method(name: &str) -> anyhow::Result<Option<OuterMethod>> {
         "grid" | "random" => return Ok(None),
         other => match other.strip_prefix("cg").map(str::parse::<usize>) {
             Some(Ok(k)) if k > 0 => OuterMethod::TruncatedCg { k },
-            _ => bail!("unknown method `{other}` (expected hoag, shine, shine-refine, opa, jfb, cg<k>, grid, random)"),
+            _ => bail!(
+                "unknown method `{other}` (expected hoag, shine, shine-refine, opa, jfb, cg<k>, grid, random)"
+            ),
         },
     }))
 }
@@ -110,17 +122,29 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
         parse_method(m)?;
     }
     let (a, y) = load_dataset(&args.dataset)?;
-    println!("dataset `{}`: {} samples × {} features, {} non-zeros", args.dataset, a.rows(), a.cols(), a.nnz());
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    println!(
+        "dataset `{}`: {} samples × {} features, {} non-zeros",
+        args.dataset,
+        a.rows(),
+        a.cols(),
+        a.nnz()
+    );
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let mut traces: BTreeMap<(String, usize), Vec<OuterStep>> = BTreeMap::new();
     for seed in 0..args.seeds {
         let (problem, test) = split_problem(&a, &y, seed as u64)?;
         for name in &args.methods {
             let trace = match (name.as_str(), parse_method(name)?) {
                 ("grid", _) => grid_search(&problem, &test, args.outer_iters, 12.0, 1e-6),
-                ("random", _) => random_search(&problem, &test, args.outer_iters, 12.0, 1e-6, seed as u64),
+                ("random", _) => {
+                    random_search(&problem, &test, args.outer_iters, 12.0, 1e-6, seed as u64)
+                }
                 (_, Some(method)) => {
-                    let config = deq_core::bilevel::OuterConfig { outer_iters: args.outer_iters, ..method.default_config() };
+                    let config = deq_core::bilevel::OuterConfig {
+                        outer_iters: args.outer_iters,
+                        ..method.default_config()
+                    };
                     optimize_lambda(&problem, &test, &config)?
                 }
                 (_, None) => unreachable!("checked above"),
@@ -159,8 +183,19 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
     // The figure goes through a temporary file too (the backend writes the path it is given).
     let png = args.out.join("suboptimality.png");
     let tmp_png = args.out.join("suboptimality.tmp.png");
-    crate::plot::plot_suboptimality(&traces, &args.methods, args.seeds, &format!("{}: median over {} seeds, 10–90 % band", args.dataset.split(':').next().unwrap_or(""), args.seeds), &tmp_png)?;
-    std::fs::rename(&tmp_png, &png).with_context(|| format!("renaming {} to {}", tmp_png.display(), png.display()))?;
+    crate::plot::plot_suboptimality(
+        &traces,
+        &args.methods,
+        args.seeds,
+        &format!(
+            "{}: median over {} seeds, 10–90 % band",
+            args.dataset.split(':').next().unwrap_or(""),
+            args.seeds
+        ),
+        &tmp_png,
+    )?;
+    std::fs::rename(&tmp_png, &png)
+        .with_context(|| format!("renaming {} to {}", tmp_png.display(), png.display()))?;
     let summary = summarise(&traces, &args.methods, args.seeds);
     write_atomic(&args.out.join("summary.json"), |file| {
         serde_json::to_writer_pretty(&mut *file, &summary)?;
@@ -170,8 +205,14 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
     println!("median time to a held-out loss within 1 % of the best seen:");
     for (method, s) in &summary {
         match s.median_seconds_to_1pct {
-            Some(t) => println!("  {method:>12}: {t:.3} s ({} of {} seeds)", s.seeds_reaching, args.seeds),
-            None => println!("  {method:>12}: not reached on most seeds ({} of {})", s.seeds_reaching, args.seeds),
+            Some(t) => println!(
+                "  {method:>12}: {t:.3} s ({} of {} seeds)",
+                s.seeds_reaching, args.seeds
+            ),
+            None => println!(
+                "  {method:>12}: not reached on most seeds ({} of {})",
+                s.seeds_reaching, args.seeds
+            ),
         }
     }
     if let (Some(h), Some(s)) = (
@@ -180,7 +221,12 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
     ) {
         println!("HOAG / SHINE time ratio: {:.2}", h / s);
     }
-    println!("wrote {}, {} and {}", args.out.join("trace.csv").display(), args.out.join("summary.json").display(), png.display());
+    println!(
+        "wrote {}, {} and {}",
+        args.out.join("trace.csv").display(),
+        args.out.join("summary.json").display(),
+        png.display()
+    );
     Ok(())
 }
 
@@ -200,20 +246,36 @@ pub fn delivered(method: &str, trace: &[OuterStep]) -> Vec<(f64, f64)> {
             })
             .collect()
     } else {
-        trace.iter().filter(|s| s.accepted).map(|s| (s.seconds, s.test_loss)).collect()
+        trace
+            .iter()
+            .filter(|s| s.accepted)
+            .map(|s| (s.seconds, s.test_loss))
+            .collect()
     }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
-fn summarise(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, methods: &[String], seeds: usize) -> BTreeMap<String, MethodSummary> {
+fn summarise(
+    traces: &BTreeMap<(String, usize), Vec<OuterStep>>,
+    methods: &[String],
+    seeds: usize,
+) -> BTreeMap<String, MethodSummary> {
     let best: Vec<f64> = (0..seeds)
         .map(|seed| {
-            traces.iter().filter(|((_, s), _)| *s == seed).flat_map(|(_, t)| t.iter().map(|s| s.test_loss)).fold(f64::INFINITY, f64::min)
+            traces
+                .iter()
+                .filter(|((_, s), _)| *s == seed)
+                .flat_map(|(_, t)| t.iter().map(|s| s.test_loss))
+                .fold(f64::INFINITY, f64::min)
         })
         .collect();
     methods
@@ -242,11 +304,19 @@ fn summarise(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, methods: &[Stri
 
 /// Writes through a temporary file in the same folder, then renames: a reader never sees a
 /// half-written file and an interrupted run leaves the previous file intact.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     write(&mut file).with_context(|| format!("writing {}", tmp.display()))?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

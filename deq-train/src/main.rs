@@ -15,7 +15,10 @@ use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind};
 use deq_models::DenseDeqConfig;
 
 #[derive(Parser)]
-#[command(version, about = "Train deep equilibrium models with implicit or SHINE gradients")]
+#[command(
+    version,
+    about = "Train deep equilibrium models with implicit or SHINE gradients"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +59,11 @@ enum Command {
         #[arg(long, default_value = "breast-cancer")]
         dataset: String,
         /// Comma-separated methods: hoag, shine, shine-refine, jfb, opa, cg<k>, grid, random.
-        #[arg(long, value_delimiter = ',', default_value = "hoag,shine,shine-refine,jfb,opa,grid,random")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "hoag,shine,shine-refine,jfb,opa,grid,random"
+        )]
         methods: Vec<String>,
         /// Number of seeds (random 90/5/5 splits).
         #[arg(long, default_value_t = 10)]
@@ -75,32 +82,74 @@ const CLASSES: usize = 4;
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Toy { backward, steps, batch, hidden, forward_iters, lr, seed } => {
-            anyhow::ensure!(steps > 0 && batch > 0 && hidden > 0, "--steps, --batch and --hidden must be at least 1");
+        Command::Toy {
+            backward,
+            steps,
+            batch,
+            hidden,
+            forward_iters,
+            lr,
+            seed,
+        } => {
+            anyhow::ensure!(
+                steps > 0 && batch > 0 && hidden > 0,
+                "--steps, --batch and --hidden must be at least 1"
+            );
             toy(backward, steps, batch, hidden, forward_iters, lr, seed)
         }
-        Command::Hpo { dataset, methods, seeds, outer_iters, out } => {
-            hpo::run(&hpo::HpoArgs { dataset, methods, seeds, out, outer_iters })
-        }
+        Command::Hpo {
+            dataset,
+            methods,
+            seeds,
+            outer_iters,
+            out,
+        } => hpo::run(&hpo::HpoArgs {
+            dataset,
+            methods,
+            seeds,
+            out,
+            outer_iters,
+        }),
     }
 }
 
-fn toy(backward: BackwardMode, steps: usize, batch: usize, hidden: usize, forward_iters: usize, lr: f64, seed: u64) -> anyhow::Result<()> {
+fn toy(
+    backward: BackwardMode,
+    steps: usize,
+    batch: usize,
+    hidden: usize,
+    forward_iters: usize,
+    lr: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
     let device = Device::default().autodiff();
     device.seed(seed);
-    let teacher = Tensor::<2>::random([INPUT, CLASSES], Distribution::Normal(0.0, 1.0), &device.clone().inner());
+    let teacher = Tensor::<2>::random(
+        [INPUT, CLASSES],
+        Distribution::Normal(0.0, 1.0),
+        &device.clone().inner(),
+    );
     let mut model = DenseDeqConfig::new(INPUT, hidden, CLASSES).init(&device);
-    let deq = DeqConfig::new(SolverConfig::new(SolverKind::broyden(forward_iters)).with_max_iter(forward_iters))
-        .with_backward(backward.clone())
-        .init()
-        .context("invalid DEQ settings")?;
+    let deq = DeqConfig::new(
+        SolverConfig::new(SolverKind::broyden(forward_iters)).with_max_iter(forward_iters),
+    )
+    .with_backward(backward.clone())
+    .init()
+    .context("invalid DEQ settings")?;
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    println!("training the dense DEQ ({hidden} units) with backward `{backward}` for {steps} steps of batch {batch}");
+    println!(
+        "training the dense DEQ ({hidden} units) with backward `{backward}` for {steps} steps of batch {batch}"
+    );
     let report_every = (steps / 10).max(1);
-    let (mut loss_sum, mut correct, mut seen, mut backward_s, mut iters) = (0.0, 0usize, 0usize, 0.0, 0.0);
+    let (mut loss_sum, mut correct, mut seen, mut backward_s, mut iters) =
+        (0.0, 0usize, 0usize, 0.0, 0.0);
     for step in 1..=steps {
-        let x = Tensor::<2>::random([batch, INPUT], Distribution::Normal(0.0, 1.0), &device.clone().inner());
+        let x = Tensor::<2>::random(
+            [batch, INPUT],
+            Distribution::Normal(0.0, 1.0),
+            &device.clone().inner(),
+        );
         let labels: Tensor<1, Int> = x.clone().matmul(teacher.clone()).argmax(1).reshape([batch]);
         let out = model.forward(&deq, x.autodiff())?;
         let loss = loss_fn.forward(out.logits.clone(), labels.clone().autodiff());

@@ -11,15 +11,46 @@ const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// Held-out loss of the delivered model (see [`crate::hpo::delivered`]) minus the best
 /// held-out loss seen for the seed (any method), against wall time: per method the median over seeds and a 10–90 % band, on log-log axes, written as PNG.
-pub fn plot_suboptimality(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, methods: &[String], seeds: usize, title: &str, path: &Path) -> anyhow::Result<()> {
-    register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| anyhow!("the embedded font could not be loaded"))?;
+pub fn plot_suboptimality(
+    traces: &BTreeMap<(String, usize), Vec<OuterStep>>,
+    methods: &[String],
+    seeds: usize,
+    title: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("the embedded font could not be loaded"))?;
     let best: Vec<f64> = (0..seeds)
-        .map(|seed| traces.iter().filter(|((_, s), _)| *s == seed).flat_map(|(_, t)| t.iter().map(|s| s.test_loss)).fold(f64::INFINITY, f64::min))
+        .map(|seed| {
+            traces
+                .iter()
+                .filter(|((_, s), _)| *s == seed)
+                .flat_map(|(_, t)| t.iter().map(|s| s.test_loss))
+                .fold(f64::INFINITY, f64::min)
+        })
         .collect();
-    let floor = 1e-6 * best.iter().cloned().fold(f64::INFINITY, f64::min).abs().max(1e-12);
-    let t_min = traces.values().flat_map(|t| t.first()).map(|s| s.seconds).fold(f64::INFINITY, f64::min).max(1e-5);
-    let t_max = traces.values().flat_map(|t| t.last()).map(|s| s.seconds).fold(0.0, f64::max).max(t_min * 10.0);
-    let grid: Vec<f64> = (0..=80).map(|i| t_min * (t_max / t_min).powf(i as f64 / 80.0)).collect();
+    let floor = 1e-6
+        * best
+            .iter()
+            .cloned()
+            .fold(f64::INFINITY, f64::min)
+            .abs()
+            .max(1e-12);
+    let t_min = traces
+        .values()
+        .flat_map(|t| t.first())
+        .map(|s| s.seconds)
+        .fold(f64::INFINITY, f64::min)
+        .max(1e-5);
+    let t_max = traces
+        .values()
+        .flat_map(|t| t.last())
+        .map(|s| s.seconds)
+        .fold(0.0, f64::max)
+        .max(t_min * 10.0);
+    let grid: Vec<f64> = (0..=80)
+        .map(|i| t_min * (t_max / t_min).powf(i as f64 / 80.0))
+        .collect();
     // Per method: per grid time, the quantiles over seeds of the suboptimality of the last
     // iterate finished by then (seeds that have not finished one yet are left out).
     let mut curves = Vec::new();
@@ -29,7 +60,8 @@ pub fn plot_suboptimality(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, me
         for &t in &grid {
             let mut values: Vec<f64> = (0..seeds)
                 .filter_map(|seed| {
-                    let points = crate::hpo::delivered(method, traces.get(&(method.clone(), seed))?);
+                    let points =
+                        crate::hpo::delivered(method, traces.get(&(method.clone(), seed))?);
                     let &(_, loss) = points.iter().take_while(|p| p.0 <= t).last()?;
                     Some((loss - best[seed]).max(floor))
                 })
@@ -56,7 +88,10 @@ pub fn plot_suboptimality(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, me
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(80)
-        .build_cartesian_2d((t_min..t_max).log_scale(), (y_min.max(floor)..y_max * 1.5).log_scale())?;
+        .build_cartesian_2d(
+            (t_min..t_max).log_scale(),
+            (y_min.max(floor)..y_max * 1.5).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_desc("wall time (s)")
@@ -66,12 +101,21 @@ pub fn plot_suboptimality(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, me
         .draw()?;
     for (i, (method, points)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let band: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.3)).chain(points.iter().rev().map(|p| (p.0, p.1))).collect();
+        let band: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.0, p.3))
+            .chain(points.iter().rev().map(|p| (p.0, p.1)))
+            .collect();
         chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15))))?;
         chart
-            .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.2)), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.0, p.2)),
+                color.stroke_width(2),
+            ))?
             .label(method.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -79,6 +123,7 @@ pub fn plot_suboptimality(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, me
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -28,7 +28,9 @@ pub(crate) fn vjp<F: DeqFunction>(f: &F, x: &F::Input, z: &Tensor<2>, w: Tensor<
         return w.zeros_like();
     }
     let grads = (y * w.clone()).sum().backward();
-    leaf.grad(&grads).map(|g| g.without_autodiff()).unwrap_or_else(|| w.zeros_like())
+    leaf.grad(&grads)
+        .map(|g| g.without_autodiff())
+        .unwrap_or_else(|| w.zeros_like())
 }
 
 /// Builds the backward rule `∇L ↦ w` of the layer's gradient-replacing op.
@@ -40,7 +42,10 @@ pub(crate) fn adjoint_map<F: DeqFunction>(plan: AdjointPlan<F>) -> AdjointMap {
     })
 }
 
-fn compute_adjoint<F: DeqFunction>(plan: &AdjointPlan<F>, grad: Tensor<2>) -> (Tensor<2>, BackwardStats) {
+fn compute_adjoint<F: DeqFunction>(
+    plan: &AdjointPlan<F>,
+    grad: Tensor<2>,
+) -> (Tensor<2>, BackwardStats) {
     let batch = grad.dims()[0];
     let mut vjps = 0usize;
     let mut stats = BackwardStats {
@@ -54,10 +59,20 @@ fn compute_adjoint<F: DeqFunction>(plan: &AdjointPlan<F>, grad: Tensor<2>) -> (T
         vjps += 1;
         vjp(&plan.f, &plan.x, &plan.z_star, w) + grad.clone()
     };
-    let refine_rule = StopRule { mode: StopMode::Relative, tol: REFINE_TOL, divergence_factor: 1e6 };
+    let refine_rule = StopRule {
+        mode: StopMode::Relative,
+        tol: REFINE_TOL,
+        divergence_factor: 1e6,
+    };
     let w = match &plan.mode {
-        BackwardMode::Implicit { solver, max_iter, tol } => {
-            let config = SolverConfig::new(solver.clone()).with_max_iter(*max_iter).with_tol(*tol);
+        BackwardMode::Implicit {
+            solver,
+            max_iter,
+            tol,
+        } => {
+            let config = SolverConfig::new(solver.clone())
+                .with_max_iter(*max_iter)
+                .with_tol(*tol);
             match config.solve(&mut adjoint_map, grad.clone(), *max_iter) {
                 Ok(result) => {
                     stats.adjoint = Some(result.stats);
@@ -72,11 +87,21 @@ fn compute_adjoint<F: DeqFunction>(plan: &AdjointPlan<F>, grad: Tensor<2>) -> (T
                 grad.clone()
             } else {
                 let init = LowRankInverse::identity(&grad, *refine);
-                refine_from(&mut adjoint_map, grad.clone(), refine_rule, *refine, init, &mut stats)
+                refine_from(
+                    &mut adjoint_map,
+                    grad.clone(),
+                    refine_rule,
+                    *refine,
+                    init,
+                    &mut stats,
+                )
             }
         }
         BackwardMode::Shine { fallback, refine } => {
-            let inverse = plan.inverse.clone().expect("validated: SHINE has a Broyden forward");
+            let inverse = plan
+                .inverse
+                .clone()
+                .expect("validated: SHINE has a Broyden forward");
             let shine = inverse.apply_transposed(grad.clone()).neg();
             let (w0, replaced) = apply_fallback(shine, &grad, *fallback, &plan.forward_status);
             stats.fallback = replaced;
@@ -120,7 +145,10 @@ fn apply_fallback(
     forward_status: &[SolveStatus],
 ) -> (Tensor<2>, Vec<bool>) {
     let norms: Vec<f64> = Tensor::cat(
-        vec![(shine.clone() * shine.clone()).sum_dim(1).sqrt(), (grad.clone() * grad.clone()).sum_dim(1).sqrt()],
+        vec![
+            (shine.clone() * shine.clone()).sum_dim(1).sqrt(),
+            (grad.clone() * grad.clone()).sum_dim(1).sqrt(),
+        ],
         1,
     )
     .into_data()
@@ -129,12 +157,18 @@ fn apply_fallback(
     let replaced: Vec<bool> = (0..forward_status.len())
         .map(|b| {
             let (w, g) = (norms[2 * b], norms[2 * b + 1]);
-            let bad_forward = matches!(forward_status[b], SolveStatus::Diverged | SolveStatus::NonFinite);
+            let bad_forward = matches!(
+                forward_status[b],
+                SolveStatus::Diverged | SolveStatus::NonFinite
+            );
             bad_forward || !w.is_finite() || tau.is_some_and(|tau| w > tau * g)
         })
         .collect();
     if !replaced.iter().any(|&r| r) {
         return (shine, replaced);
     }
-    (crate::solver::where_rows(shine, &replaced, grad.clone()), replaced)
+    (
+        crate::solver::where_rows(shine, &replaced, grad.clone()),
+        replaced,
+    )
 }

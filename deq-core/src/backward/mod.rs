@@ -59,12 +59,19 @@ pub enum BackwardMode {
 impl BackwardMode {
     /// SHINE without fallback or refinement.
     pub fn shine() -> Self {
-        Self::Shine { fallback: None, refine: 0 }
+        Self::Shine {
+            fallback: None,
+            refine: 0,
+        }
     }
 
     /// Implicit with Broyden (memory 30), 30 iterations, relative tolerance 1e-6.
     pub fn implicit() -> Self {
-        Self::Implicit { solver: SolverKind::broyden(30), max_iter: 30, tol: 1e-6 }
+        Self::Implicit {
+            solver: SolverKind::broyden(30),
+            max_iter: 30,
+            tol: 1e-6,
+        }
     }
 
     /// Jacobian-free.
@@ -86,28 +93,34 @@ impl BackwardMode {
     /// Checks every field against the forward solver; the error names the offending one.
     pub fn validate(&self, forward: &SolverKind) -> Result<(), DeqError> {
         match self {
-            Self::Implicit { solver, max_iter, tol } => {
-                crate::solver::SolverConfig::new(solver.clone())
-                    .with_max_iter(*max_iter)
-                    .with_tol(*tol)
-                    .validate()
-                    .map_err(|e| match e {
-                        DeqError::InvalidConfig { field, value, reason } => DeqError::InvalidConfig {
-                            field: match field {
-                                "solver.max_iter" => "backward.max_iter",
-                                "solver.tol" => "backward.tol",
-                                "solver.memory" => "backward.solver.memory",
-                                "solver.damping" => "backward.solver.damping",
-                                "solver.ridge" => "backward.solver.ridge",
-                                "solver.mixing" => "backward.solver.mixing",
-                                other => other,
-                            },
-                            value,
-                            reason,
+            Self::Implicit {
+                solver,
+                max_iter,
+                tol,
+            } => crate::solver::SolverConfig::new(solver.clone())
+                .with_max_iter(*max_iter)
+                .with_tol(*tol)
+                .validate()
+                .map_err(|e| match e {
+                    DeqError::InvalidConfig {
+                        field,
+                        value,
+                        reason,
+                    } => DeqError::InvalidConfig {
+                        field: match field {
+                            "solver.max_iter" => "backward.max_iter",
+                            "solver.tol" => "backward.tol",
+                            "solver.memory" => "backward.solver.memory",
+                            "solver.damping" => "backward.solver.damping",
+                            "solver.ridge" => "backward.solver.ridge",
+                            "solver.mixing" => "backward.solver.mixing",
+                            other => other,
                         },
-                        other => other,
-                    })
-            }
+                        value,
+                        reason,
+                    },
+                    other => other,
+                }),
             Self::Shine { fallback, .. } => {
                 if let Some(tau) = fallback {
                     check_positive("backward.fallback", *tau)?;

@@ -15,7 +15,9 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
-use burn::backend::{Backend, Dispatch, DispatchKindConversion, backend_extension, tensor::FloatTensor};
+use burn::backend::{
+    Backend, Dispatch, DispatchKindConversion, backend_extension, tensor::FloatTensor,
+};
 use burn::tensor::{DispatchTensor, Tensor};
 
 type AdjointFn = Box<dyn FnOnce(Tensor<2>) -> Tensor<2> + Send>;
@@ -105,7 +107,11 @@ where
 {
     fn adjoint_identity(z: FloatTensor<Self>, map: AdjointMap) -> FloatTensor<Self> {
         let (primitive, guard) = z.into_parts();
-        match AdjointBackward.prepare::<C>([guard]).compute_bound().stateful() {
+        match AdjointBackward
+            .prepare::<C>([guard])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish(map, primitive),
             OpsKind::UnTracked(prep) => prep.finish(primitive),
         }
@@ -119,5 +125,8 @@ pub fn adjoint_identity(z: Tensor<2>, map: AdjointMap) -> Tensor<2> {
     if !z.is_tracked() {
         return z;
     }
-    Tensor::from_dispatch(<Dispatch as AdjointOps>::adjoint_identity(z.into_dispatch(), map))
+    Tensor::from_dispatch(<Dispatch as AdjointOps>::adjoint_identity(
+        z.into_dispatch(),
+        map,
+    ))
 }

@@ -27,7 +27,11 @@ pub fn conjugate_gradient(
     let bnorm = dot(b, b).sqrt();
     let mut x = x0;
     if bnorm == 0.0 {
-        return CgResult { x: vec![0.0; b.len()], iterations: 0, rel_residual: 0.0 };
+        return CgResult {
+            x: vec![0.0; b.len()],
+            iterations: 0,
+            rel_residual: 0.0,
+        };
     }
     let ax = matvec(&x);
     let mut r: Vec<f64> = b.iter().zip(&ax).map(|(b, a)| b - a).collect();
@@ -53,5 +57,9 @@ pub fn conjugate_gradient(
         rr = rr_new;
         iterations += 1;
     }
-    CgResult { x, iterations, rel_residual: rr.sqrt() / bnorm }
+    CgResult {
+        x,
+        iterations,
+        rel_residual: rr.sqrt() / bnorm,
+    }
 }

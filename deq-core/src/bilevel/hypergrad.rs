@@ -56,7 +56,14 @@ impl<L: DataLoss> BilevelProblem<L> {
     /// Solves the inner problem at `lambda` from `x0` with L-BFGS, starting from `memory`.
     /// `opa_every = Some(k)`: every `k` iterations add the pair along `e = B ∇ₓg(x)` rescaled
     /// to the last step's length (outer-problem awareness).
-    pub fn solve_inner(&self, lambda: f64, x0: Vec<f64>, config: &LbfgsConfig, memory: LbfgsMemory, opa_every: Option<usize>) -> LbfgsResult {
+    pub fn solve_inner(
+        &self,
+        lambda: f64,
+        x0: Vec<f64>,
+        config: &LbfgsConfig,
+        memory: LbfgsMemory,
+        opa_every: Option<usize>,
+    ) -> LbfgsResult {
         let mut f = |x: &[f64]| self.inner.value_grad(x, lambda);
         let mut extra = |iteration: usize, x: &[f64], memory: &LbfgsMemory| -> Option<Vec<f64>> {
             let every = opa_every?;
@@ -67,7 +74,9 @@ impl<L: DataLoss> BilevelProblem<L> {
             let e = memory.apply(&gout);
             let (last_s, _) = memory.pairs().last()?;
             let scale = norm(last_s) / norm(&e);
-            scale.is_finite().then(|| e.iter().map(|v| v * scale).collect())
+            scale
+                .is_finite()
+                .then(|| e.iter().map(|v| v * scale).collect())
         };
         lbfgs(&mut f, x0, config, memory, &mut extra)
     }
@@ -84,7 +93,9 @@ impl<L: DataLoss> BilevelProblem<L> {
                 break;
             }
             gnorm = gn;
-            let Some(step) = crate::dense::solve(self.inner.dense_hessian(&x, lambda), g) else { break };
+            let Some(step) = crate::dense::solve(self.inner.dense_hessian(&x, lambda), g) else {
+                break;
+            };
             x.iter_mut().zip(&step).for_each(|(xi, si)| *xi -= si);
         }
         x
@@ -92,7 +103,14 @@ impl<L: DataLoss> BilevelProblem<L> {
 
     /// The hypergradient at the inner solution `x` (with the inner solve's `memory` for the
     /// SHINE variants and `warm` as the starting `q` of CG variants).
-    pub fn hypergradient(&self, lambda: f64, x: &[f64], method: HypergradMethod, memory: Option<&LbfgsMemory>, warm: Option<&[f64]>) -> Hypergradient {
+    pub fn hypergradient(
+        &self,
+        lambda: f64,
+        x: &[f64],
+        method: HypergradMethod,
+        memory: Option<&LbfgsMemory>,
+        warm: Option<&[f64]>,
+    ) -> Hypergradient {
         let (_, gout) = self.outer.value_grad(x);
         let n = x.len();
         let weights = self.inner.loss.curvature(x);
@@ -102,15 +120,28 @@ impl<L: DataLoss> BilevelProblem<L> {
             self.inner.hvp_with(&weights, lambda, v)
         };
         let start = || warm.map(<[f64]>::to_vec).unwrap_or_else(|| vec![0.0; n]);
-        let shine = || memory.map(|m| m.apply(&gout)).unwrap_or_else(|| gout.clone());
+        let shine = || {
+            memory
+                .map(|m| m.apply(&gout))
+                .unwrap_or_else(|| gout.clone())
+        };
         let q = match method {
             // A singular Hessian cannot happen with e^λ > 0; NaN then surfaces as an error upstream.
-            HypergradMethod::Exact => crate::dense::solve(self.inner.dense_hessian(x, lambda), gout.clone()).unwrap_or_else(|| vec![f64::NAN; n]),
-            HypergradMethod::Cg { tol, max_iter } => conjugate_gradient(&mut hvp, &gout, start(), tol, max_iter).x,
+            HypergradMethod::Exact => {
+                crate::dense::solve(self.inner.dense_hessian(x, lambda), gout.clone())
+                    .unwrap_or_else(|| vec![f64::NAN; n])
+            }
+            HypergradMethod::Cg { tol, max_iter } => {
+                conjugate_gradient(&mut hvp, &gout, start(), tol, max_iter).x
+            }
             HypergradMethod::Shine => shine(),
-            HypergradMethod::ShineRefine { iterations } => conjugate_gradient(&mut hvp, &gout, shine(), 0.0, iterations).x,
+            HypergradMethod::ShineRefine { iterations } => {
+                conjugate_gradient(&mut hvp, &gout, shine(), 0.0, iterations).x
+            }
             HypergradMethod::JacobianFree => gout.clone(),
-            HypergradMethod::TruncatedCg { k } => conjugate_gradient(&mut hvp, &gout, start(), 0.0, k).x,
+            HypergradMethod::TruncatedCg { k } => {
+                conjugate_gradient(&mut hvp, &gout, start(), 0.0, k).x
+            }
         };
         let value = -lambda.exp() * dot(x, &q);
         Hypergradient { value, q, hvps }

@@ -24,7 +24,13 @@ pub struct LbfgsMemory {
 impl LbfgsMemory {
     /// Empty memory. `scaled_h0`: `H₀ = (sᵀy / yᵀy) I` from the newest pair instead of `I`.
     pub fn new(capacity: usize, scaled_h0: bool) -> Self {
-        Self { capacity, scaled_h0, s: VecDeque::new(), y: VecDeque::new(), rho: VecDeque::new() }
+        Self {
+            capacity,
+            scaled_h0,
+            s: VecDeque::new(),
+            y: VecDeque::new(),
+            rho: VecDeque::new(),
+        }
     }
 
     /// Number of stored pairs.
@@ -100,7 +106,10 @@ impl LbfgsMemory {
 
     /// The stored pairs `(s, y)`, oldest first.
     pub fn pairs(&self) -> impl Iterator<Item = (&[f64], &[f64])> {
-        self.s.iter().zip(&self.y).map(|(s, y)| (s.as_slice(), y.as_slice()))
+        self.s
+            .iter()
+            .zip(&self.y)
+            .map(|(s, y)| (s.as_slice(), y.as_slice()))
     }
 }
 
@@ -123,22 +132,43 @@ pub struct LbfgsConfig {
 
 impl Default for LbfgsConfig {
     fn default() -> Self {
-        Self { memory: 10, max_iter: 1000, gtol: 1e-6, scaled_h0: true, c1: 1e-4, c2: 0.9 }
+        Self {
+            memory: 10,
+            max_iter: 1000,
+            gtol: 1e-6,
+            scaled_h0: true,
+            c1: 1e-4,
+            c2: 0.9,
+        }
     }
 }
 
 impl LbfgsConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), BilevelError> {
-        let bad = |field, value: String, reason| Err(BilevelError::Setting { field, value, reason });
+        let bad = |field, value: String, reason| {
+            Err(BilevelError::Setting {
+                field,
+                value,
+                reason,
+            })
+        };
         if self.memory == 0 {
             return bad("lbfgs.memory", "0".into(), "must be at least 1");
         }
         if !(self.gtol.is_finite() && self.gtol > 0.0) {
-            return bad("lbfgs.gtol", self.gtol.to_string(), "must be a finite number > 0");
+            return bad(
+                "lbfgs.gtol",
+                self.gtol.to_string(),
+                "must be a finite number > 0",
+            );
         }
         if !(0.0 < self.c1 && self.c1 < self.c2 && self.c2 < 1.0) {
-            return bad("lbfgs.c1/c2", format!("{}/{}", self.c1, self.c2), "need 0 < c1 < c2 < 1");
+            return bad(
+                "lbfgs.c1/c2",
+                format!("{}/{}", self.c1, self.c2),
+                "need 0 < c1 < c2 < 1",
+            );
         }
         Ok(())
     }
@@ -189,9 +219,15 @@ pub fn lbfgs(
             d = grad.iter().map(|g| -g).collect();
             slope = -dot(&grad, &grad);
         }
-        let step0 = if memory.is_empty() { (1.0 / norm(&grad)).min(1.0) } else { 1.0 };
+        let step0 = if memory.is_empty() {
+            (1.0 / norm(&grad)).min(1.0)
+        } else {
+            1.0
+        };
         let search = strong_wolfe(f, &x, value, slope, &d, step0, config, &mut evaluations);
-        let Some((step, new_value, new_grad)) = search else { break };
+        let Some((step, new_value, new_grad)) = search else {
+            break;
+        };
         let s: Vec<f64> = d.iter().map(|di| step * di).collect();
         let y: Vec<f64> = new_grad.iter().zip(&grad).map(|(a, b)| a - b).collect();
         for (xi, si) in x.iter_mut().zip(&s) {
@@ -210,7 +246,15 @@ pub fn lbfgs(
         }
     }
     let converged = norm(&grad) <= config.gtol;
-    LbfgsResult { x, value, grad, iterations, evaluations, converged, memory }
+    LbfgsResult {
+        x,
+        value,
+        grad,
+        iterations,
+        evaluations,
+        converged,
+        memory,
+    }
 }
 
 /// Sufficient decrease at step `t`: Armijo, or, when the objective is flat to within rounding

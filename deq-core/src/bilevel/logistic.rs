@@ -3,12 +3,21 @@ use super::sparse::CsrMatrix;
 
 /// `log(1 + exp(t))` without overflow.
 pub(crate) fn softplus(t: f64) -> f64 {
-    if t > 0.0 { t + (-t).exp().ln_1p() } else { t.exp().ln_1p() }
+    if t > 0.0 {
+        t + (-t).exp().ln_1p()
+    } else {
+        t.exp().ln_1p()
+    }
 }
 
 /// `1 / (1 + exp(−t))`.
 pub(crate) fn sigmoid(t: f64) -> f64 {
-    if t >= 0.0 { 1.0 / (1.0 + (-t).exp()) } else { let e = t.exp(); e / (1.0 + e) }
+    if t >= 0.0 {
+        1.0 / (1.0 + (-t).exp())
+    } else {
+        let e = t.exp();
+        e / (1.0 + e)
+    }
 }
 
 /// A smooth data loss `L(x)` of an inner problem (a sum over samples, no regularisation).
@@ -45,7 +54,12 @@ impl DataLoss for LogisticLoss {
     }
 
     fn value(&self, x: &[f64]) -> f64 {
-        self.a.mul_vec(x).iter().zip(&self.y).map(|(&m, &y)| softplus(-y * m)).sum()
+        self.a
+            .mul_vec(x)
+            .iter()
+            .zip(&self.y)
+            .map(|(&m, &y)| softplus(-y * m))
+            .sum()
     }
 
     fn value_grad(&self, x: &[f64]) -> (f64, Vec<f64>) {
@@ -65,12 +79,23 @@ impl DataLoss for LogisticLoss {
 
     /// The weights `σ(z)σ(−z)` per sample.
     fn curvature(&self, x: &[f64]) -> Vec<f64> {
-        self.a.mul_vec(x).iter().zip(&self.y).map(|(&m, &y)| sigmoid(y * m) * sigmoid(-y * m)).collect()
+        self.a
+            .mul_vec(x)
+            .iter()
+            .zip(&self.y)
+            .map(|(&m, &y)| sigmoid(y * m) * sigmoid(-y * m))
+            .collect()
     }
 
     /// `Aᵀ diag(w) A v`.
     fn hvp_with(&self, weights: &Vec<f64>, v: &[f64]) -> Vec<f64> {
-        let av: Vec<f64> = self.a.mul_vec(v).iter().zip(weights).map(|(a, w)| a * w).collect();
+        let av: Vec<f64> = self
+            .a
+            .mul_vec(v)
+            .iter()
+            .zip(weights)
+            .map(|(a, w)| a * w)
+            .collect();
         self.a.mul_t_vec(&av)
     }
 }
@@ -165,7 +190,9 @@ impl DataLoss for MultinomialLoss {
         let mut u = self.scores(v);
         for (row, prob) in u.chunks_mut(k).zip(p.chunks(k)) {
             let dot: f64 = row.iter().zip(prob).map(|(a, b)| a * b).sum();
-            row.iter_mut().zip(prob).for_each(|(a, b)| *a = b * (*a - dot));
+            row.iter_mut()
+                .zip(prob)
+                .for_each(|(a, b)| *a = b * (*a - dot));
         }
         self.transpose_times(&u)
     }
@@ -195,7 +222,12 @@ impl<L: DataLoss> Ridge<L> {
     /// `∇²ₓₓh(x, λ) v`, with `curvature = loss.curvature(x)`.
     pub fn hvp_with(&self, curvature: &L::Curvature, lambda: f64, v: &[f64]) -> Vec<f64> {
         let reg = lambda.exp();
-        self.loss.hvp_with(curvature, v).iter().zip(v).map(|(h, vi)| h + reg * vi).collect()
+        self.loss
+            .hvp_with(curvature, v)
+            .iter()
+            .zip(v)
+            .map(|(h, vi)| h + reg * vi)
+            .collect()
     }
 
     /// The dense Hessian (small problems and tests).

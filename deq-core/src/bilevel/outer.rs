@@ -47,7 +47,12 @@ impl OuterMethod {
             Self::Hoag | Self::TruncatedCg { .. } | Self::JacobianFree => (10, 0.9),
             Self::Shine | Self::ShineRefine | Self::Opa => (30, 0.78),
         };
-        OuterConfig { method: self, memory, rho, ..OuterConfig::hoag() }
+        OuterConfig {
+            method: self,
+            memory,
+            rho,
+            ..OuterConfig::hoag()
+        }
     }
 }
 
@@ -94,7 +99,13 @@ impl OuterConfig {
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), BilevelError> {
-        let bad = |field, value: String, reason| Err(BilevelError::Setting { field, value, reason });
+        let bad = |field, value: String, reason| {
+            Err(BilevelError::Setting {
+                field,
+                value,
+                reason,
+            })
+        };
         if self.outer_iters == 0 {
             return bad("outer_iters", "0".into(), "must be at least 1");
         }
@@ -107,8 +118,15 @@ impl OuterConfig {
         if !(self.rho > 0.0 && self.rho <= 1.0) {
             return bad("rho", self.rho.to_string(), "must lie in (0, 1]");
         }
-        if !(self.lambda0.is_finite() && self.lambda_bound.is_finite() && self.lambda0.abs() <= self.lambda_bound) {
-            return bad("lambda0", self.lambda0.to_string(), "must be finite and within the bound");
+        if !(self.lambda0.is_finite()
+            && self.lambda_bound.is_finite()
+            && self.lambda0.abs() <= self.lambda_bound)
+        {
+            return bad(
+                "lambda0",
+                self.lambda0.to_string(),
+                "must be finite and within the bound",
+            );
         }
         Ok(())
     }
@@ -138,11 +156,16 @@ pub struct OuterStep {
 /// ε halved when the outer loss grew by more than 20 %), inner tolerance `ε ← ρ ε`, warm starts
 /// of `x` and (HOAG) `q`; the L-BFGS memory is rebuilt by every inner solve unless
 /// `carry_memory` is set.
-pub fn optimize_lambda<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, config: &OuterConfig) -> Result<Vec<OuterStep>, BilevelError> {
+pub fn optimize_lambda<L: DataLoss>(
+    problem: &BilevelProblem<L>,
+    test: &L,
+    config: &OuterConfig,
+) -> Result<Vec<OuterStep>, BilevelError> {
     config.validate()?;
     let started = Instant::now();
     let n = problem.inner.loss.dim();
-    let grad0 = super::lbfgs::norm(&problem.inner.value_grad(&vec![0.0; n], config.lambda0).1).max(1.0);
+    let grad0 =
+        super::lbfgs::norm(&problem.inner.value_grad(&vec![0.0; n], config.lambda0).1).max(1.0);
     let (mut lambda, mut eps) = (config.lambda0, config.eps0);
     let mut x = vec![0.0; n];
     let mut q: Option<Vec<f64>> = None;
@@ -151,13 +174,23 @@ pub fn optimize_lambda<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, confi
     let mut carried: Option<LbfgsMemory> = None;
     let mut trace = Vec::with_capacity(config.outer_iters);
     for iteration in 0..config.outer_iters {
-        let inner = LbfgsConfig { memory: config.memory, max_iter: config.inner_max_iter, gtol: eps * grad0, ..LbfgsConfig::default() };
+        let inner = LbfgsConfig {
+            memory: config.memory,
+            max_iter: config.inner_max_iter,
+            gtol: eps * grad0,
+            ..LbfgsConfig::default()
+        };
         let opa = matches!(config.method, OuterMethod::Opa).then_some(5);
-        let start = carried.take().filter(|_| config.carry_memory).unwrap_or_else(|| LbfgsMemory::new(config.memory, true));
+        let start = carried
+            .take()
+            .filter(|_| config.carry_memory)
+            .unwrap_or_else(|| LbfgsMemory::new(config.memory, true));
         let result = problem.solve_inner(lambda, x.clone(), &inner, start, opa);
         let val_loss = problem.outer.value(&result.x);
         let test_loss = test.value(&result.x);
-        let rejected = previous.as_ref().is_some_and(|(_, _, loss)| val_loss > 1.2 * loss);
+        let rejected = previous
+            .as_ref()
+            .is_some_and(|(_, _, loss)| val_loss > 1.2 * loss);
         trace.push(OuterStep {
             iteration,
             seconds: started.elapsed().as_secs_f64(),
@@ -181,16 +214,25 @@ pub fn optimize_lambda<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, confi
             carried = Some(result.memory.clone());
         }
         let method = match config.method {
-            OuterMethod::Hoag => HypergradMethod::Cg { tol: eps, max_iter: 1000 },
+            OuterMethod::Hoag => HypergradMethod::Cg {
+                tol: eps,
+                max_iter: 1000,
+            },
             OuterMethod::Shine | OuterMethod::Opa => HypergradMethod::Shine,
-            OuterMethod::ShineRefine => HypergradMethod::ShineRefine { iterations: ((1e-3 / eps).log10().max(0.0) as usize) + 1 },
+            OuterMethod::ShineRefine => HypergradMethod::ShineRefine {
+                iterations: ((1e-3 / eps).log10().max(0.0) as usize) + 1,
+            },
             OuterMethod::JacobianFree => HypergradMethod::JacobianFree,
             OuterMethod::TruncatedCg { k } => HypergradMethod::TruncatedCg { k },
         };
-        let warm = matches!(config.method, OuterMethod::Hoag).then_some(q.as_deref()).flatten();
+        let warm = matches!(config.method, OuterMethod::Hoag)
+            .then_some(q.as_deref())
+            .flatten();
         let hg = problem.hypergradient(lambda, &x, method, Some(&result.memory), warm);
         if !hg.value.is_finite() {
-            return Err(BilevelError::Data(format!("non-finite hypergradient at λ = {lambda}")));
+            return Err(BilevelError::Data(format!(
+                "non-finite hypergradient at λ = {lambda}"
+            )));
         }
         let l = *lipschitz.get_or_insert(hg.value.abs().max(1e-12));
         lipschitz = Some(l * 0.95);
@@ -204,19 +246,41 @@ pub fn optimize_lambda<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, confi
 
 /// Grid search: `points` values of λ evenly spaced in `[−bound, bound]`, inner solves to
 /// `gtol` (relative to `‖∇h(0)‖`), warm-started from the previous point.
-pub fn grid_search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, points: usize, bound: f64, gtol: f64) -> Vec<OuterStep> {
-    let lambdas: Vec<f64> = (0..points).map(|i| -bound + 2.0 * bound * i as f64 / (points.max(2) - 1) as f64).collect();
+pub fn grid_search<L: DataLoss>(
+    problem: &BilevelProblem<L>,
+    test: &L,
+    points: usize,
+    bound: f64,
+    gtol: f64,
+) -> Vec<OuterStep> {
+    let lambdas: Vec<f64> = (0..points)
+        .map(|i| -bound + 2.0 * bound * i as f64 / (points.max(2) - 1) as f64)
+        .collect();
     search(problem, test, &lambdas, gtol)
 }
 
 /// Random search: `points` values of λ uniform in `[−bound, bound]` (seeded).
-pub fn random_search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, points: usize, bound: f64, gtol: f64, seed: u64) -> Vec<OuterStep> {
+pub fn random_search<L: DataLoss>(
+    problem: &BilevelProblem<L>,
+    test: &L,
+    points: usize,
+    bound: f64,
+    gtol: f64,
+    seed: u64,
+) -> Vec<OuterStep> {
     let mut rng = SplitMix::new(seed);
-    let lambdas: Vec<f64> = (0..points).map(|_| -bound + 2.0 * bound * rng.uniform()).collect();
+    let lambdas: Vec<f64> = (0..points)
+        .map(|_| -bound + 2.0 * bound * rng.uniform())
+        .collect();
     search(problem, test, &lambdas, gtol)
 }
 
-fn search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, lambdas: &[f64], gtol: f64) -> Vec<OuterStep> {
+fn search<L: DataLoss>(
+    problem: &BilevelProblem<L>,
+    test: &L,
+    lambdas: &[f64],
+    gtol: f64,
+) -> Vec<OuterStep> {
     let started = Instant::now();
     let n = problem.inner.loss.dim();
     let mut x = vec![0.0; n];
@@ -224,9 +288,16 @@ fn search<L: DataLoss>(problem: &BilevelProblem<L>, test: &L, lambdas: &[f64], g
         .iter()
         .enumerate()
         .map(|(iteration, &lambda)| {
-            let grad0 = super::lbfgs::norm(&problem.inner.value_grad(&vec![0.0; n], lambda).1).max(1.0);
-            let config = LbfgsConfig { memory: 10, max_iter: 1000, gtol: gtol * grad0, ..LbfgsConfig::default() };
-            let result = problem.solve_inner(lambda, x.clone(), &config, LbfgsMemory::new(10, true), None);
+            let grad0 =
+                super::lbfgs::norm(&problem.inner.value_grad(&vec![0.0; n], lambda).1).max(1.0);
+            let config = LbfgsConfig {
+                memory: 10,
+                max_iter: 1000,
+                gtol: gtol * grad0,
+                ..LbfgsConfig::default()
+            };
+            let result =
+                problem.solve_inner(lambda, x.clone(), &config, LbfgsMemory::new(10, true), None);
             x = result.x;
             OuterStep {
                 iteration,

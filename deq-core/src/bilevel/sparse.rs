@@ -23,10 +23,14 @@ impl CsrMatrix {
             row.sort_by_key(|&(c, _)| c);
             for (c, v) in row {
                 if c >= cols {
-                    return Err(BilevelError::Data(format!("row {r}: column {c} out of range (matrix has {cols} columns)")));
+                    return Err(BilevelError::Data(format!(
+                        "row {r}: column {c} out of range (matrix has {cols} columns)"
+                    )));
                 }
                 if !v.is_finite() {
-                    return Err(BilevelError::Data(format!("row {r}, column {c}: non-finite value {v}")));
+                    return Err(BilevelError::Data(format!(
+                        "row {r}, column {c}: non-finite value {v}"
+                    )));
                 }
                 if indices.len() > *indptr.last().unwrap() && *indices.last().unwrap() == c {
                     *values.last_mut().unwrap() += v;
@@ -37,17 +41,33 @@ impl CsrMatrix {
             }
             indptr.push(indices.len());
         }
-        Ok(Self { rows: indptr.len() - 1, cols, indptr, indices, values })
+        Ok(Self {
+            rows: indptr.len() - 1,
+            cols,
+            indptr,
+            indices,
+            values,
+        })
     }
 
     /// A dense row-major `rows × cols` matrix, zeros dropped.
     pub fn from_dense(rows: usize, cols: usize, data: &[f64]) -> Result<Self, BilevelError> {
         if data.len() != rows * cols {
-            return Err(BilevelError::Data(format!("dense data has {} values, expected {rows}×{cols}", data.len())));
+            return Err(BilevelError::Data(format!(
+                "dense data has {} values, expected {rows}×{cols}",
+                data.len()
+            )));
         }
         Self::from_rows(
             cols,
-            (0..rows).map(|r| (0..cols).filter(|&c| data[r * cols + c] != 0.0).map(|c| (c, data[r * cols + c])).collect()).collect(),
+            (0..rows)
+                .map(|r| {
+                    (0..cols)
+                        .filter(|&c| data[r * cols + c] != 0.0)
+                        .map(|c| (c, data[r * cols + c]))
+                        .collect()
+                })
+                .collect(),
         )
     }
 
@@ -106,7 +126,13 @@ impl CsrMatrix {
             values.extend_from_slice(val);
             indptr.push(indices.len());
         }
-        Self { rows: rows.len(), cols: self.cols, indptr, indices, values }
+        Self {
+            rows: rows.len(),
+            cols: self.cols,
+            indptr,
+            indices,
+            values,
+        }
     }
 
     /// The dense row-major form (for small matrices and tests).
@@ -134,21 +160,32 @@ pub fn read_libsvm(text: &str, cols: Option<usize>) -> Result<(CsrMatrix, Vec<f6
         if line.is_empty() {
             continue;
         }
-        let fail = |reason: String| BilevelError::Libsvm { line: line_no, reason };
+        let fail = |reason: String| BilevelError::Libsvm {
+            line: line_no,
+            reason,
+        };
         let mut parts = line.split_whitespace();
         let label_text = parts.next().expect("non-empty line");
-        let label: f64 = label_text.parse().map_err(|_| fail(format!("label `{label_text}` is not a number")))?;
+        let label: f64 = label_text
+            .parse()
+            .map_err(|_| fail(format!("label `{label_text}` is not a number")))?;
         if !label.is_finite() {
             return Err(fail(format!("label `{label_text}` is not finite")));
         }
         let mut row = Vec::new();
         for item in parts {
-            let (i, v) = item.split_once(':').ok_or_else(|| fail(format!("`{item}` is not index:value")))?;
-            let i: usize = i.parse().map_err(|_| fail(format!("index `{i}` is not a whole number")))?;
+            let (i, v) = item
+                .split_once(':')
+                .ok_or_else(|| fail(format!("`{item}` is not index:value")))?;
+            let i: usize = i
+                .parse()
+                .map_err(|_| fail(format!("index `{i}` is not a whole number")))?;
             if i == 0 {
                 return Err(fail("indices start at 1, found 0".into()));
             }
-            let v: f64 = v.parse().map_err(|_| fail(format!("value `{v}` is not a number")))?;
+            let v: f64 = v
+                .parse()
+                .map_err(|_| fail(format!("value `{v}` is not a number")))?;
             if !v.is_finite() {
                 return Err(fail(format!("value `{v}` at index {i} is not finite")));
             }
@@ -164,7 +201,9 @@ pub fn read_libsvm(text: &str, cols: Option<usize>) -> Result<(CsrMatrix, Vec<f6
         labels.push(label);
     }
     if rows.is_empty() {
-        return Err(BilevelError::Data("the LIBSVM input has no data lines".into()));
+        return Err(BilevelError::Data(
+            "the LIBSVM input has no data lines".into(),
+        ));
     }
     let matrix = CsrMatrix::from_rows(cols.unwrap_or(width), rows)?;
     Ok((matrix, labels))
@@ -183,5 +222,8 @@ pub fn binary_labels(labels: &[f64]) -> Result<Vec<f64>, BilevelError> {
             if distinct.len() > 5 { ", …" } else { "" }
         )));
     }
-    Ok(labels.iter().map(|&l| if l == distinct[0] { -1.0 } else { 1.0 }).collect())
+    Ok(labels
+        .iter()
+        .map(|&l| if l == distinct[0] { -1.0 } else { 1.0 })
+        .collect())
 }

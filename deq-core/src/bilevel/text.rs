@@ -6,7 +6,15 @@ use super::BilevelError;
 use super::sparse::CsrMatrix;
 
 /// Categories labelled +1 (computing and science); every other category is −1.
-pub const FORTUNES_POSITIVE: &[&str] = &["computers", "debian", "linux", "linuxcookie", "perl", "science", "goedel"];
+pub const FORTUNES_POSITIVE: &[&str] = &[
+    "computers",
+    "debian",
+    "linux",
+    "linuxcookie",
+    "perl",
+    "science",
+    "goedel",
+];
 
 /// Reads a fortunes folder (one file per category, entries separated by lines holding `%`;
 /// files with an extension such as `.dat` or `.u8` are skipped) into tf-idf rows: lowercase
@@ -16,7 +24,8 @@ pub const FORTUNES_POSITIVE: &[&str] = &["computers", "debian", "linux", "linuxc
 /// `apt-get install fortunes`, or `usr/share/games/fortunes` inside
 /// `dpkg-deb -x fortunes_*.deb DIR` after `apt-get download fortunes`.
 pub fn fortunes_dataset(dir: &Path) -> Result<(CsrMatrix, Vec<f64>, Vec<String>), BilevelError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| BilevelError::Data(format!("cannot read {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| BilevelError::Data(format!("cannot read {}: {e}", dir.display())))?;
     let mut files: Vec<_> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -26,9 +35,14 @@ pub fn fortunes_dataset(dir: &Path) -> Result<(CsrMatrix, Vec<f64>, Vec<String>)
     let mut docs: Vec<Vec<String>> = Vec::new();
     let mut categories = Vec::new();
     for path in &files {
-        let bytes = std::fs::read(path).map_err(|e| BilevelError::Data(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| BilevelError::Data(format!("cannot read {}: {e}", path.display())))?;
         let text = String::from_utf8_lossy(&bytes);
-        let category = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let category = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         let mut current = String::new();
         for line in text.lines().chain(std::iter::once("%")) {
             if line.trim() == "%" {
@@ -45,7 +59,10 @@ pub fn fortunes_dataset(dir: &Path) -> Result<(CsrMatrix, Vec<f64>, Vec<String>)
         }
     }
     if docs.is_empty() {
-        return Err(BilevelError::Data(format!("no fortunes found in {}", dir.display())));
+        return Err(BilevelError::Data(format!(
+            "no fortunes found in {}",
+            dir.display()
+        )));
     }
     let mut vocabulary: HashMap<String, usize> = HashMap::new();
     let mut df: Vec<usize> = Vec::new();
@@ -66,21 +83,41 @@ pub fn fortunes_dataset(dir: &Path) -> Result<(CsrMatrix, Vec<f64>, Vec<String>)
         counts.push(c);
     }
     let n = docs.len() as f64;
-    let idf: Vec<f64> = df.iter().map(|&d| ((1.0 + n) / (1.0 + d as f64)).ln() + 1.0).collect();
+    let idf: Vec<f64> = df
+        .iter()
+        .map(|&d| ((1.0 + n) / (1.0 + d as f64)).ln() + 1.0)
+        .collect();
     let rows: Vec<Vec<(usize, f64)>> = counts
         .into_iter()
         .map(|c| {
-            let mut row: Vec<(usize, f64)> = c.into_iter().map(|(id, tf)| (id, tf * idf[id])).collect();
+            let mut row: Vec<(usize, f64)> =
+                c.into_iter().map(|(id, tf)| (id, tf * idf[id])).collect();
             let norm = row.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
             row.iter_mut().for_each(|e| e.1 /= norm);
             row
         })
         .collect();
-    let labels: Vec<f64> = categories.iter().map(|c| if FORTUNES_POSITIVE.contains(&c.as_str()) { 1.0 } else { -1.0 }).collect();
+    let labels: Vec<f64> = categories
+        .iter()
+        .map(|c| {
+            if FORTUNES_POSITIVE.contains(&c.as_str()) {
+                1.0
+            } else {
+                -1.0
+            }
+        })
+        .collect();
     if !(labels.contains(&1.0) && labels.contains(&-1.0)) {
-        return Err(BilevelError::Data(format!("the fortunes in {} fall into one class only", dir.display())));
+        return Err(BilevelError::Data(format!(
+            "the fortunes in {} fall into one class only",
+            dir.display()
+        )));
     }
-    Ok((CsrMatrix::from_rows(vocabulary.len(), rows)?, labels, categories))
+    Ok((
+        CsrMatrix::from_rows(vocabulary.len(), rows)?,
+        labels,
+        categories,
+    ))
 }
 
 fn tokenize(text: &str) -> Vec<String> {
@@ -98,11 +135,23 @@ mod tests {
     fn reads_a_generated_fortunes_folder() {
         let dir = std::env::temp_dir().join(format!("deq-fortunes-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("computers"), "The computer is down.\n%\nRebooting fixes it, said the admin.\n%\n").unwrap();
-        std::fs::write(dir.join("love"), "Love is blind.\n%\n   \n%\nAll you need is love, love.\n").unwrap();
+        std::fs::write(
+            dir.join("computers"),
+            "The computer is down.\n%\nRebooting fixes it, said the admin.\n%\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("love"),
+            "Love is blind.\n%\n   \n%\nAll you need is love, love.\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("love.dat"), [0u8, 1, 2]).unwrap();
         let (a, y, cats) = fortunes_dataset(&dir).unwrap();
-        assert_eq!(a.rows(), 4, "the blank entry is dropped, the .dat file skipped");
+        assert_eq!(
+            a.rows(),
+            4,
+            "the blank entry is dropped, the .dat file skipped"
+        );
         assert_eq!(y, vec![1.0, 1.0, -1.0, -1.0]);
         assert_eq!(cats, vec!["computers", "computers", "love", "love"]);
         for r in 0..a.rows() {

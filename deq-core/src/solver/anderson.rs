@@ -77,7 +77,10 @@ pub(crate) fn anderson(
 /// Returns `None` if the system is singular or not finite.
 fn constrained_least_squares(gram: &[f64], n: usize, ridge: f64) -> Option<Vec<f64>> {
     let size = n + 1;
-    let scale = (0..n).map(|i| gram[i * n + i]).fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
+    let scale = (0..n)
+        .map(|i| gram[i * n + i])
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE);
     let mut a = vec![0.0f64; size * size];
     let mut rhs = vec![0.0f64; size];
     rhs[0] = 1.0;

@@ -52,11 +52,18 @@ pub(crate) fn broyden(
         let v = inverse.apply_transposed(dz.clone()); // vᵀ = Δzᵀ B
         let denom = (v.clone() * dg.clone()).sum_dim(1);
         let scale = ((v.clone() * v.clone()).sum_dim(1) * (dg.clone() * dg).sum_dim(1)).sqrt();
-        let host: Vec<f64> = Tensor::cat(vec![denom.clone(), scale], 1).into_data().iter::<f64>().collect();
+        let host: Vec<f64> = Tensor::cat(vec![denom.clone(), scale], 1)
+            .into_data()
+            .iter::<f64>()
+            .collect();
         let write: Vec<bool> = (0..batch)
             .map(|b| {
                 let (d, s) = (host[2 * b], host[2 * b + 1]);
-                moving[b] && !obs.non_finite[b] && d.is_finite() && s.is_finite() && d.abs() > DENOM_EPS * s
+                moving[b]
+                    && !obs.non_finite[b]
+                    && d.is_finite()
+                    && s.is_finite()
+                    && d.abs() > DENOM_EPS * s
             })
             .collect();
         bg = bg_new;

@@ -20,7 +20,11 @@ pub(crate) fn fixed_point(
         if !tracker.any_active() {
             break;
         }
-        let step = if damping == 1.0 { fz.clone() } else { z.clone() * (1.0 - damping) + fz.clone() * damping };
+        let step = if damping == 1.0 {
+            fz.clone()
+        } else {
+            z.clone() * (1.0 - damping) + fz.clone() * damping
+        };
         tracker.advance(iter, map, step, &mut z, &mut fz);
     }
     tracker

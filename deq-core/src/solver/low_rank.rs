@@ -80,7 +80,15 @@ impl LowRankInverse {
         Self {
             u: self.v,
             v: self.u,
-            evicted: self.evicted.into_iter().map(|e| Evicted { u: e.v, v: e.u, ..e }).collect(),
+            evicted: self
+                .evicted
+                .into_iter()
+                .map(|e| Evicted {
+                    u: e.v,
+                    v: e.u,
+                    ..e
+                })
+                .collect(),
             ..self
         }
     }
@@ -107,7 +115,8 @@ impl LowRankInverse {
         let mut stamp = vec![0; batch * (capacity + extra)];
         for b in 0..batch {
             for j in 0..capacity {
-                stamp[b * (capacity + extra) + j] = self.stamp[b * capacity + order[b * capacity + j]];
+                stamp[b * (capacity + extra) + j] =
+                    self.stamp[b * capacity + order[b * capacity + j]];
             }
         }
         let identity = order.iter().enumerate().all(|(k, &j)| k % capacity == j);
@@ -159,14 +168,21 @@ impl LowRankInverse {
         if capacity == 0 || !write.iter().any(|&w| w) {
             return;
         }
-        let mut slots: Vec<usize> = (0..batch).filter(|&b| write[b]).map(|b| self.next[b]).collect();
+        let mut slots: Vec<usize> = (0..batch)
+            .filter(|&b| write[b])
+            .map(|b| self.next[b])
+            .collect();
         slots.sort_unstable();
         slots.dedup();
         let device = self.u.device();
-        let mut ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, u.dtype())));
-        let mut vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, v.dtype())));
+        let mut ubuf =
+            std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, u.dtype())));
+        let mut vbuf =
+            std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, v.dtype())));
         for slot in slots {
-            let rows: Vec<bool> = (0..batch).map(|b| write[b] && self.next[b] == slot).collect();
+            let rows: Vec<bool> = (0..batch)
+                .map(|b| write[b] && self.next[b] == slot)
+                .collect();
             // Save the pairs that a best matrix still needs before overwriting them.
             let keep: Vec<bool> = (0..batch)
                 .map(|b| {
@@ -175,10 +191,20 @@ impl LowRankInverse {
                 })
                 .collect();
             if keep.iter().any(|&k| k) {
-                let copy = |buf: &Tensor<3>| copy_rows(buf.clone().narrow(1, slot, 1).reshape([batch, dim]), &keep);
-                let stamps = (0..batch).map(|b| self.stamp[b * capacity + slot]).collect();
+                let copy = |buf: &Tensor<3>| {
+                    copy_rows(buf.clone().narrow(1, slot, 1).reshape([batch, dim]), &keep)
+                };
+                let stamps = (0..batch)
+                    .map(|b| self.stamp[b * capacity + slot])
+                    .collect();
                 let (u_saved, v_saved) = (copy(&ubuf), copy(&vbuf));
-                self.evicted.push(Evicted { slot, rows: keep, stamps, u: u_saved, v: v_saved });
+                self.evicted.push(Evicted {
+                    slot,
+                    rows: keep,
+                    stamps,
+                    u: u_saved,
+                    v: v_saved,
+                });
             }
             let mix = |buf: &Tensor<3>, new: &Tensor<2>| {
                 let old = buf.clone().narrow(1, slot, 1).reshape([batch, dim]);
@@ -261,7 +287,9 @@ impl LowRankInverse {
     /// pairs has been overwritten since.
     fn truncate_to(&mut self, keep: &[u64]) {
         let [batch, capacity, dim] = self.u.dims();
-        let drop: Vec<bool> = (0..batch * capacity).map(|k| self.stamp[k] > keep[k / capacity]).collect();
+        let drop: Vec<bool> = (0..batch * capacity)
+            .map(|k| self.stamp[k] > keep[k / capacity])
+            .collect();
         if !drop.iter().any(|&d| d) {
             return;
         }
@@ -291,7 +319,9 @@ impl LowRankInverse {
                 }
             }
             self.pushes[b] = keep[b];
-            let live = (0..capacity).filter(|&j| self.stamp[b * capacity + j] > 0).count();
+            let live = (0..capacity)
+                .filter(|&j| self.stamp[b * capacity + j] > 0)
+                .count();
             self.len[b] = live;
             // Continue writing after the newest surviving pair.
             self.next[b] = (0..capacity)
@@ -309,7 +339,11 @@ impl LowRankInverse {
             evicted: self
                 .evicted
                 .into_iter()
-                .map(|e| Evicted { u: e.u.detach().without_autodiff(), v: e.v.detach().without_autodiff(), ..e })
+                .map(|e| Evicted {
+                    u: e.u.detach().without_autodiff(),
+                    v: e.v.detach().without_autodiff(),
+                    ..e
+                })
                 .collect(),
             ..self
         }
@@ -319,8 +353,20 @@ impl LowRankInverse {
     /// O(dim²) memory).
     pub fn dense(&self, sample: usize) -> Vec<f64> {
         let [_, capacity, dim] = self.u.dims();
-        let u: Vec<f64> = self.u.clone().narrow(0, sample, 1).into_data().iter::<f64>().collect();
-        let v: Vec<f64> = self.v.clone().narrow(0, sample, 1).into_data().iter::<f64>().collect();
+        let u: Vec<f64> = self
+            .u
+            .clone()
+            .narrow(0, sample, 1)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        let v: Vec<f64> = self
+            .v
+            .clone()
+            .narrow(0, sample, 1)
+            .into_data()
+            .iter::<f64>()
+            .collect();
         let mut b = vec![0.0; dim * dim];
         for i in 0..dim {
             b[i * dim + i] = -1.0;
@@ -344,7 +390,10 @@ impl LowRankInverse {
 /// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
 fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
     let [batch, dim] = tensor.dims();
-    let mask: Vec<bool> = rows.iter().flat_map(|&r| std::iter::repeat_n(!r, dim)).collect();
+    let mask: Vec<bool> = rows
+        .iter()
+        .flat_map(|&r| std::iter::repeat_n(!r, dim))
+        .collect();
     let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &tensor.device());
     tensor.mask_fill(mask, 0.0)
 }
@@ -357,7 +406,10 @@ fn low_rank_product(a: &Tensor<3>, c: &Tensor<3>, x: Tensor<2>) -> Tensor<2> {
         return x.neg();
     }
     // coefficients cⱼ·x: [batch, m, 1] -> [batch, 1, m]; then Σⱼ coefⱼ aⱼ: [batch, 1, dim].
-    let coef = c.clone().matmul(x.clone().reshape([batch, dim, 1])).reshape([batch, 1, capacity]);
+    let coef = c
+        .clone()
+        .matmul(x.clone().reshape([batch, dim, 1]))
+        .reshape([batch, 1, capacity]);
     let low_rank = coef.matmul(a.clone()).reshape([batch, dim]);
     low_rank - x
 }
@@ -368,7 +420,10 @@ mod tests {
     use burn::tensor::{DType, Device};
 
     fn t(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
-        Tensor::from_data(TensorData::new(values, shape), (&Device::default(), DType::F32))
+        Tensor::from_data(
+            TensorData::new(values, shape),
+            (&Device::default(), DType::F32),
+        )
     }
 
     fn close(a: &[f64], b: &[f64]) -> bool {
@@ -392,7 +447,12 @@ mod tests {
     }
 
     fn pair(k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
-        ((0..n).map(|i| ((k * 7 + i * 3) % 5) as f64 - 2.0).collect(), (0..n).map(|i| ((k * 3 + i) % 4) as f64 * 0.5 - 0.7).collect())
+        (
+            (0..n).map(|i| ((k * 7 + i * 3) % 5) as f64 - 2.0).collect(),
+            (0..n)
+                .map(|i| ((k * 3 + i) % 4) as f64 * 0.5 - 0.7)
+                .collect(),
+        )
     }
 
     #[test]
@@ -404,11 +464,21 @@ mod tests {
         for (k, (u, v)) in pairs.iter().enumerate() {
             // Sample 1 only takes the first two pairs.
             let write = [true, k < 2];
-            b.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &write);
+            b.push(
+                t([u.clone(), u.clone()].concat(), [2, n]),
+                t([v.clone(), v.clone()].concat(), [2, n]),
+                &write,
+            );
         }
         assert_eq!((b.rank(0), b.rank(1)), (3, 2));
-        assert!(close(&b.dense(0), &dense_of(&pairs[2..], n)), "sample 0 keeps the last three");
-        assert!(close(&b.dense(1), &dense_of(&pairs[..2], n)), "sample 1 keeps its two");
+        assert!(
+            close(&b.dense(0), &dense_of(&pairs[2..], n)),
+            "sample 0 keeps the last three"
+        );
+        assert!(
+            close(&b.dense(1), &dense_of(&pairs[..2], n)),
+            "sample 1 keeps its two"
+        );
 
         // Growing keeps the matrix, and the next push evicts nothing.
         let mut grown = b.clone().with_extra_capacity(2);
@@ -416,7 +486,11 @@ mod tests {
         assert!(close(&grown.dense(0), &b.dense(0)));
         assert!(close(&grown.dense(1), &b.dense(1)));
         let (u, v) = pair(9, n);
-        grown.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+        grown.push(
+            t([u.clone(), u.clone()].concat(), [2, n]),
+            t([v.clone(), v.clone()].concat(), [2, n]),
+            &[true, true],
+        );
         let mut expected = pairs[2..].to_vec();
         expected.push((u, v));
         assert!(close(&grown.dense(0), &dense_of(&expected, n)));
@@ -424,11 +498,23 @@ mod tests {
 
         // Products agree with the dense matrix, and the transpose is the transpose.
         let x = vec![0.3, -1.2, 2.0];
-        let bx: Vec<f64> = grown.apply(t([x.clone(), x.clone()].concat(), [2, n])).into_data().iter::<f64>().collect();
-        let btx: Vec<f64> = grown.apply_transposed(t([x.clone(), x.clone()].concat(), [2, n])).into_data().iter::<f64>().collect();
+        let bx: Vec<f64> = grown
+            .apply(t([x.clone(), x.clone()].concat(), [2, n]))
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        let btx: Vec<f64> = grown
+            .apply_transposed(t([x.clone(), x.clone()].concat(), [2, n]))
+            .into_data()
+            .iter::<f64>()
+            .collect();
         let d = grown.dense(0);
-        let dense_bx: Vec<f64> = (0..n).map(|r| (0..n).map(|c| d[r * n + c] * x[c]).sum()).collect();
-        let dense_btx: Vec<f64> = (0..n).map(|r| (0..n).map(|c| d[c * n + r] * x[c]).sum()).collect();
+        let dense_bx: Vec<f64> = (0..n)
+            .map(|r| (0..n).map(|c| d[r * n + c] * x[c]).sum())
+            .collect();
+        let dense_btx: Vec<f64> = (0..n)
+            .map(|r| (0..n).map(|c| d[c * n + r] * x[c]).sum())
+            .collect();
         assert!(close(&bx[..n], &dense_bx));
         assert!(close(&btx[..n], &dense_btx));
         let transposed = grown.clone().transposed().dense(0);
@@ -442,23 +528,40 @@ mod tests {
         let mut b = LowRankInverse::identity(&z, 3);
         let pairs: Vec<_> = (0..6).map(|k| pair(k, n)).collect();
         for (k, (u, v)) in pairs.iter().enumerate() {
-            b.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+            b.push(
+                t([u.clone(), u.clone()].concat(), [2, n]),
+                t([v.clone(), v.clone()].concat(), [2, n]),
+                &[true, true],
+            );
             // Sample 0 is best after its 2nd pair, sample 1 after its 4th.
             b.mark_best(&[k == 1, k == 3]);
         }
         let best = b.into_best();
-        assert!(close(&best.dense(0), &dense_of(&pairs[..2], n)), "sample 0: pairs 1-2 (pair 1 was overwritten)");
-        assert!(close(&best.dense(1), &dense_of(&pairs[1..4], n)), "sample 1: pairs 2-4");
+        assert!(
+            close(&best.dense(0), &dense_of(&pairs[..2], n)),
+            "sample 0: pairs 1-2 (pair 1 was overwritten)"
+        );
+        assert!(
+            close(&best.dense(1), &dense_of(&pairs[1..4], n)),
+            "sample 1: pairs 2-4"
+        );
         assert_eq!((best.rank(0), best.rank(1)), (2, 3));
         // Writing continues after the newest kept pair.
         let mut best = best;
         let (u, v) = pair(7, n);
-        best.push(t([u.clone(), u.clone()].concat(), [2, n]), t([v.clone(), v.clone()].concat(), [2, n]), &[true, true]);
+        best.push(
+            t([u.clone(), u.clone()].concat(), [2, n]),
+            t([v.clone(), v.clone()].concat(), [2, n]),
+            &[true, true],
+        );
         let mut expected = pairs[..2].to_vec();
         expected.push((u.clone(), v.clone()));
         assert!(close(&best.dense(0), &dense_of(&expected, n)));
         let mut expected = pairs[2..4].to_vec();
         expected.push((u, v));
-        assert!(close(&best.dense(1), &dense_of(&expected, n)), "sample 1 overwrites its oldest pair");
+        assert!(
+            close(&best.dense(1), &dense_of(&expected, n)),
+            "sample 1 overwrites its oldest pair"
+        );
     }
 }

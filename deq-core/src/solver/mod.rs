@@ -63,7 +63,11 @@ impl SolverKind {
 
     /// Anderson with the given memory, ridge 1e-4 and mixing 1.
     pub fn anderson(memory: usize) -> Self {
-        Self::Anderson { memory, ridge: 1e-4, mixing: 1.0 }
+        Self::Anderson {
+            memory,
+            ridge: 1e-4,
+            mixing: 1.0,
+        }
     }
 
     /// Plain fixed-point iteration.
@@ -83,7 +87,11 @@ impl SolverKind {
     fn validate(&self) -> Result<(), DeqError> {
         match *self {
             Self::FixedPoint { damping } => check_unit_interval("solver.damping", damping),
-            Self::Anderson { memory, ridge, mixing } => {
+            Self::Anderson {
+                memory,
+                ridge,
+                mixing,
+            } => {
                 check_nonzero("solver.memory", memory)?;
                 if !(ridge.is_finite() && ridge >= 0.0) {
                     return Err(DeqError::InvalidConfig {
@@ -167,12 +175,20 @@ impl SolverConfig {
 
     /// The budget for training (`true`) or evaluation (`false`).
     pub fn budget(&self, training: bool) -> usize {
-        if training { self.max_iter } else { self.eval_max_iter.unwrap_or(self.max_iter) }
+        if training {
+            self.max_iter
+        } else {
+            self.eval_max_iter.unwrap_or(self.max_iter)
+        }
     }
 
     /// The stopping rule.
     pub fn rule(&self) -> StopRule {
-        StopRule { mode: self.stop, tol: self.tol, divergence_factor: self.divergence_factor }
+        StopRule {
+            mode: self.stop,
+            tol: self.tol,
+            divergence_factor: self.divergence_factor,
+        }
     }
 
     /// Solves `z = map(z)` from `z0` (`[batch, dim]`) with at most `max_iter` iterations after
@@ -192,20 +208,38 @@ impl SolverConfig {
         let rule = self.rule();
         Ok(match self.kind {
             SolverKind::FixedPoint { damping } => {
-                let (z, stats) = fixed_point::fixed_point(map, z0, fz0, rule, max_iter, damping).finish();
-                SolveResult { z, stats, inverse: None }
+                let (z, stats) =
+                    fixed_point::fixed_point(map, z0, fz0, rule, max_iter, damping).finish();
+                SolveResult {
+                    z,
+                    stats,
+                    inverse: None,
+                }
             }
-            SolverKind::Anderson { memory, ridge, mixing } => {
-                let tracker = anderson::anderson(map, z0, fz0, rule, max_iter, memory, ridge, mixing);
+            SolverKind::Anderson {
+                memory,
+                ridge,
+                mixing,
+            } => {
+                let tracker =
+                    anderson::anderson(map, z0, fz0, rule, max_iter, memory, ridge, mixing);
                 let (z, stats) = tracker.finish();
-                SolveResult { z, stats, inverse: None }
+                SolveResult {
+                    z,
+                    stats,
+                    inverse: None,
+                }
             }
             SolverKind::Broyden { memory } => {
                 // At most `max_iter` pairs are pushed: a larger ring would only hold zeros.
                 let init = LowRankInverse::identity(&z0, memory.min(max_iter));
                 let (tracker, inverse) = broyden::broyden(map, z0, fz0, rule, max_iter, init);
                 let (z, stats) = tracker.finish();
-                SolveResult { z, stats, inverse: Some(inverse) }
+                SolveResult {
+                    z,
+                    stats,
+                    inverse: Some(inverse),
+                }
             }
         })
     }
@@ -224,11 +258,18 @@ pub fn broyden_from(
     let fz0 = first_evaluation(map, &z0)?;
     let (tracker, inverse) = broyden::broyden(map, z0, fz0, rule, max_iter, init);
     let (z, stats) = tracker.finish();
-    Ok(SolveResult { z, stats, inverse: Some(inverse) })
+    Ok(SolveResult {
+        z,
+        stats,
+        inverse: Some(inverse),
+    })
 }
 
 /// Evaluates `map(z0)`, turning a shape mismatch or a panic inside `map` into an error.
-fn first_evaluation(map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>, z0: &Tensor<2>) -> Result<Tensor<2>, DeqError> {
+fn first_evaluation(
+    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    z0: &Tensor<2>,
+) -> Result<Tensor<2>, DeqError> {
     let shape = z0.dims().to_vec();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map(z0.clone())));
     match result {
@@ -244,7 +285,10 @@ fn first_evaluation(map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>, z0: &Tensor<2>)
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(DeqError::FunctionFailed { z0_shape: shape, message })
+            Err(DeqError::FunctionFailed {
+                z0_shape: shape,
+                message,
+            })
         }
     }
 }

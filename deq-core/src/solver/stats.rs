@@ -56,12 +56,18 @@ impl SolverStats {
 
     /// Largest relative residual over the batch.
     pub fn max_rel_residual(&self) -> f64 {
-        self.samples.iter().map(|s| s.rel_residual).fold(0.0, f64::max)
+        self.samples
+            .iter()
+            .map(|s| s.rel_residual)
+            .fold(0.0, f64::max)
     }
 
     /// Largest absolute residual over the batch.
     pub fn max_abs_residual(&self) -> f64 {
-        self.samples.iter().map(|s| s.abs_residual).fold(0.0, f64::max)
+        self.samples
+            .iter()
+            .map(|s| s.abs_residual)
+            .fold(0.0, f64::max)
     }
 
     /// Mean number of iterations per sample.
@@ -69,7 +75,11 @@ impl SolverStats {
         if self.samples.is_empty() {
             return 0.0;
         }
-        self.samples.iter().map(|s| s.iterations as f64).sum::<f64>() / self.samples.len() as f64
+        self.samples
+            .iter()
+            .map(|s| s.iterations as f64)
+            .sum::<f64>()
+            / self.samples.len() as f64
     }
 
     /// Largest number of iterations of any sample.

@@ -100,7 +100,10 @@ impl Tracker {
         let residual = fz.clone() - z.clone();
         let abs = (residual.clone() * residual).sum_dim(1).sqrt();
         let fnorm = (fz.clone() * fz.clone()).sum_dim(1).sqrt();
-        let host: Vec<f64> = Tensor::cat(vec![abs, fnorm], 1).into_data().iter::<f64>().collect();
+        let host: Vec<f64> = Tensor::cat(vec![abs, fnorm], 1)
+            .into_data()
+            .iter::<f64>()
+            .collect();
 
         let mut improved = vec![false; batch];
         let mut non_finite = vec![false; batch];
@@ -182,6 +185,9 @@ pub(crate) fn zero_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
 /// A contiguous `[batch, dim]` mask, true on the selected rows.
 fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
     let [batch, dim] = like.dims();
-    let mask: Vec<bool> = rows.iter().flat_map(|&r| std::iter::repeat_n(r, dim)).collect();
+    let mask: Vec<bool> = rows
+        .iter()
+        .flat_map(|&r| std::iter::repeat_n(r, dim))
+        .collect();
     Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &like.device())
 }

@@ -13,7 +13,11 @@ pub fn device() -> Device {
         .get_or_init(|| {
             let mut device = Device::default();
             if device.configure(FloatDType::F64).is_err() {
-                assert_eq!(device.settings().float_dtype, FloatDType::F64, "device already set to another dtype");
+                assert_eq!(
+                    device.settings().float_dtype,
+                    FloatDType::F64,
+                    "device already set to another dtype"
+                );
             }
             device
         })
@@ -24,7 +28,10 @@ pub use deq_core::toy::{SplitMix as Rng, ToyInput, matrix_with_norm, spectral_no
 
 pub fn tensor2(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
     let device = device();
-    Tensor::from_data(TensorData::new(values, shape), (&device, burn::tensor::DType::F64))
+    Tensor::from_data(
+        TensorData::new(values, shape),
+        (&device, burn::tensor::DType::F64),
+    )
 }
 
 pub fn host(t: &Tensor<2>) -> Vec<f64> {
@@ -64,7 +71,8 @@ impl Toy {
         self.0.tracked_inputs(&device(), burn::tensor::DType::F64)
     }
     pub fn plain_shifted(&self, which: usize, index: usize, delta: f64) -> ToyInput {
-        self.0.inputs(&device(), burn::tensor::DType::F64, which, index, delta)
+        self.0
+            .inputs(&device(), burn::tensor::DType::F64, which, index, delta)
     }
     pub fn z0(&self) -> Tensor<2> {
         self.0.z0(&device(), burn::tensor::DType::F64)
@@ -84,7 +92,11 @@ pub fn tight_broyden(tol: f64) -> SolverConfig {
 
 /// The exact implicit mode used as reference.
 pub fn exact_implicit() -> BackwardMode {
-    BackwardMode::Implicit { solver: SolverKind::broyden(100), max_iter: 200, tol: 1e-13 }
+    BackwardMode::Implicit {
+        solver: SolverKind::broyden(100),
+        max_iter: 200,
+        tol: 1e-13,
+    }
 }
 
 /// Gradients of `L = Σ c ⊙ z*` for (W, U, b, x), flattened, with the given layer config.
@@ -95,7 +107,10 @@ pub fn toy_gradients(toy: &Toy, config: &DeqConfig) -> (Vec<Vec<f64>>, deq_core:
     let loss = (out.z.clone() * toy.c()).sum();
     let grads = loss.backward();
     let (w, u, b, x) = params;
-    let g = [w, u, b, x].iter().map(|p| host(&p.grad(&grads).expect("gradient present"))).collect();
+    let g = [w, u, b, x]
+        .iter()
+        .map(|p| host(&p.grad(&grads).expect("gradient present")))
+        .collect();
     (g, out)
 }
 
@@ -104,7 +119,12 @@ pub fn toy_loss(toy: &Toy, solver: &SolverConfig, which: usize, index: usize, de
     let params = toy.plain_shifted(which, index, delta);
     let f = toy_fn();
     let mut map = |z: Tensor<2>| deq_core::DeqFunction::forward(&f, z, &params);
-    let result = solver.solve(&mut map, toy.z0(), solver.max_iter).expect("solve");
-    assert!(result.stats.all_converged(), "finite-difference solve must converge");
+    let result = solver
+        .solve(&mut map, toy.z0(), solver.max_iter)
+        .expect("solve");
+    assert!(
+        result.stats.all_converged(),
+        "finite-difference solve must converge"
+    );
     host(&result.z).iter().zip(&toy.c).map(|(z, c)| z * c).sum()
 }

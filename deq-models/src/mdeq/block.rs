@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor};
 use deq_core::{detach_module, module_is_autodiff};
 
 use super::group_norm;
-use crate::norm::{VariationalDropout, VariationalDropoutConfig, WeightNormConv2d, WeightNormConv2dConfig};
+use crate::norm::{
+    VariationalDropout, VariationalDropoutConfig, WeightNormConv2d, WeightNormConv2dConfig,
+};
 
 /// `h = ReLU(GN(conv(z)))`, `h = dropout(conv(h)) + injection`, `h = GN(h) + z`,
 /// `out = GN(ReLU(h))`; convs 3×3 weight-normalised, `C → e·C → C`. Shapes
@@ -40,12 +42,23 @@ pub struct PreparedBlock {
 }
 
 impl ResidualBlock {
-    pub(crate) fn new(channels: usize, expansion: usize, groups: usize, dropout: f64, std: f64, device: &Device) -> Self {
+    pub(crate) fn new(
+        channels: usize,
+        expansion: usize,
+        groups: usize,
+        dropout: f64,
+        std: f64,
+        device: &Device,
+    ) -> Self {
         let inner = expansion * channels;
         Self {
-            conv1: WeightNormConv2dConfig::new([channels, inner], 3).with_init_std(std).init(device),
+            conv1: WeightNormConv2dConfig::new([channels, inner], 3)
+                .with_init_std(std)
+                .init(device),
             norm1: group_norm(groups, inner, true, device),
-            conv2: WeightNormConv2dConfig::new([inner, channels], 3).with_init_std(std).init(device),
+            conv2: WeightNormConv2dConfig::new([inner, channels], 3)
+                .with_init_std(std)
+                .init(device),
             dropout: VariationalDropoutConfig::new(dropout).init(),
             norm2: group_norm(groups, channels, true, device),
             norm3: group_norm(groups, channels, true, device),
@@ -70,7 +83,10 @@ impl ResidualBlock {
 impl PreparedBlock {
     /// `z`: `[batch, C, H, W]`; `injection` of the same shape (branch 0) or none.
     pub fn forward(&self, z: Tensor<4>, injection: Option<&Tensor<4>>) -> Tensor<4> {
-        let h = relu(self.norm1.forward(crate::norm::conv_same(z.clone(), self.w1.clone())));
+        let h = relu(
+            self.norm1
+                .forward(crate::norm::conv_same(z.clone(), self.w1.clone())),
+        );
         let mut h = crate::norm::conv_same(h, self.w2.clone());
         if let Some(mask) = &self.mask {
             h = h * mask.clone();

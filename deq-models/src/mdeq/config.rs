@@ -88,7 +88,8 @@ impl MdeqConfig {
 
     /// Whether the stem output goes through the extra 1×1 conv + BN + ReLU.
     pub fn uses_injection_transform(&self) -> bool {
-        self.injection_transform.unwrap_or(self.downsample_times > 0 || self.branches() > 2)
+        self.injection_transform
+            .unwrap_or(self.downsample_times > 0 || self.branches() > 2)
     }
 
     /// The factor by which the input's height and width must be divisible.
@@ -98,7 +99,13 @@ impl MdeqConfig {
 
     /// Checks every field; the error names the offending one.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let fail = |field: &'static str, value: String, reason: String| Err(ModelError::Config { field, value, reason });
+        let fail = |field: &'static str, value: String, reason: String| {
+            Err(ModelError::Config {
+                field,
+                value,
+                reason,
+            })
+        };
         if self.input_channels == 0 {
             return fail("input_channels", "0".into(), "must be at least 1".into());
         }
@@ -109,33 +116,73 @@ impl MdeqConfig {
             return fail(
                 "head_channels",
                 format!("{:?}", self.head_channels),
-                format!("needs one entry per branch ({} branches: {:?})", self.channels.len(), self.channels),
+                format!(
+                    "needs one entry per branch ({} branches: {:?})",
+                    self.channels.len(),
+                    self.channels
+                ),
             );
         }
-        if let Some(c) = self.channels.iter().chain(&self.head_channels).find(|&&c| c == 0) {
-            return fail("channels", c.to_string(), "every channel count must be at least 1".into());
+        if let Some(c) = self
+            .channels
+            .iter()
+            .chain(&self.head_channels)
+            .find(|&&c| c == 0)
+        {
+            return fail(
+                "channels",
+                c.to_string(),
+                "every channel count must be at least 1".into(),
+            );
         }
-        for (field, value) in [("final_channels", self.final_channels), ("classes", self.classes), ("expansion", self.expansion)] {
+        for (field, value) in [
+            ("final_channels", self.final_channels),
+            ("classes", self.classes),
+            ("expansion", self.expansion),
+        ] {
             if value == 0 {
                 return fail(field, "0".into(), "must be at least 1".into());
             }
         }
         if self.groups < 2 || self.groups % 2 != 0 {
-            return fail("groups", self.groups.to_string(), "must be even and ≥ 2 (the post-fusion norm uses groups / 2)".into());
+            return fail(
+                "groups",
+                self.groups.to_string(),
+                "must be even and ≥ 2 (the post-fusion norm uses groups / 2)".into(),
+            );
         }
         for &c in &self.channels {
             if c % self.groups != 0 {
-                return fail("groups", self.groups.to_string(), format!("must divide every branch's channel count ({c} in {:?})", self.channels));
+                return fail(
+                    "groups",
+                    self.groups.to_string(),
+                    format!(
+                        "must divide every branch's channel count ({c} in {:?})",
+                        self.channels
+                    ),
+                );
             }
         }
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
-            return fail("dropout", self.dropout.to_string(), "must lie in [0, 1)".into());
+            return fail(
+                "dropout",
+                self.dropout.to_string(),
+                "must lie in [0, 1)".into(),
+            );
         }
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
-            return fail("init_std", self.init_std.to_string(), "must be a finite number > 0".into());
+            return fail(
+                "init_std",
+                self.init_std.to_string(),
+                "must be a finite number > 0".into(),
+            );
         }
         if self.branches() + self.downsample_times > 16 {
-            return fail("channels", format!("{:?}", self.channels), "too many resolutions".into());
+            return fail(
+                "channels",
+                format!("{:?}", self.channels),
+                "too many resolutions".into(),
+            );
         }
         Ok(())
     }

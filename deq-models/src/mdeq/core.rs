@@ -42,15 +42,32 @@ impl MdeqCore {
             blocks: config
                 .channels
                 .iter()
-                .map(|&c| ResidualBlock::new(c, config.expansion, config.groups, config.dropout, std, device))
+                .map(|&c| {
+                    ResidualBlock::new(
+                        c,
+                        config.expansion,
+                        config.groups,
+                        config.dropout,
+                        std,
+                        device,
+                    )
+                })
                 .collect(),
             fusion: Fusion::new(&config.channels, config.groups, std, device),
             post_convs: config
                 .channels
                 .iter()
-                .map(|&c| WeightNormConv2dConfig::new([c, c], 1).with_init_std(std).init(device))
+                .map(|&c| {
+                    WeightNormConv2dConfig::new([c, c], 1)
+                        .with_init_std(std)
+                        .init(device)
+                })
                 .collect(),
-            post_norms: config.channels.iter().map(|&c| group_norm(config.groups / 2, c, false, device)).collect(),
+            post_norms: config
+                .channels
+                .iter()
+                .map(|&c| group_norm(config.groups / 2, c, false, device))
+                .collect(),
         }
     }
 
@@ -58,7 +75,11 @@ impl MdeqCore {
     /// computed once and dropout masks drawn once (training mode: `device` has autodiff).
     pub fn prepare(&self, shape: StateShape, batch: usize, device: &Device) -> PreparedCore {
         PreparedCore {
-            blocks: self.blocks.iter().map(|b| b.prepare(batch, device)).collect(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.prepare(batch, device))
+                .collect(),
             fusion: self.fusion.clone(),
             post_weights: self.post_convs.iter().map(|c| c.weight()).collect(),
             post_norms: self.post_norms.clone(),
@@ -99,16 +120,29 @@ impl DeqFunction for PreparedCore {
     type Input = Tensor<4>;
 
     fn forward(&self, z: Tensor<2>, x: &Tensor<4>) -> Tensor<2> {
-        let branches = self.shape.unflatten(z).expect("the layer keeps the state shape");
+        let branches = self
+            .shape
+            .unflatten(z)
+            .expect("the layer keeps the state shape");
         let out = self.forward_branches(branches, x);
-        self.shape.flatten(out).expect("f keeps every branch's shape")
+        self.shape
+            .flatten(out)
+            .expect("f keeps every branch's shape")
     }
 
     fn without_autodiff(&self) -> Self {
         Self {
-            blocks: self.blocks.iter().map(PreparedBlock::without_autodiff).collect(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(PreparedBlock::without_autodiff)
+                .collect(),
             fusion: detach_module(&self.fusion),
-            post_weights: self.post_weights.iter().map(|w| w.clone().detach().without_autodiff()).collect(),
+            post_weights: self
+                .post_weights
+                .iter()
+                .map(|w| w.clone().detach().without_autodiff())
+                .collect(),
             post_norms: self.post_norms.iter().map(detach_module).collect(),
             shape: self.shape.clone(),
         }

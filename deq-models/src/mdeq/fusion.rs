@@ -40,7 +40,12 @@ pub struct Fusion {
 }
 
 impl Fusion {
-    pub(crate) fn new(channels: &[usize], groups: usize, std: f64, device: &burn::tensor::Device) -> Self {
+    pub(crate) fn new(
+        channels: &[usize],
+        groups: usize,
+        std: f64,
+        device: &burn::tensor::Device,
+    ) -> Self {
         let n = channels.len();
         let (mut up, mut down) = (Vec::new(), Vec::new());
         for i in 0..n {
@@ -55,7 +60,11 @@ impl Fusion {
                     let steps = i - j;
                     let (mut convs, mut norms) = (Vec::new(), Vec::new());
                     for k in 0..steps {
-                        let out = if k + 1 == steps { channels[i] } else { channels[j] };
+                        let out = if k + 1 == steps {
+                            channels[i]
+                        } else {
+                            channels[j]
+                        };
                         convs.push(conv([channels[j], out], 3, 2, false, std, device));
                         norms.push(group_norm(groups, out, true, device));
                     }
@@ -63,7 +72,11 @@ impl Fusion {
                 }
             }
         }
-        Self { up, down, branches: n }
+        Self {
+            up,
+            down,
+            branches: n,
+        }
     }
 
     /// `outs[i]`: `[batch, C_i, H / 2^i, W / 2^i]` → the fused list, same shapes.
@@ -76,7 +89,10 @@ impl Fusion {
                 for j in 0..n {
                     if j > i {
                         let t = up.next().expect("one upsampling map per pair");
-                        y = y + upsample_nearest(t.norm.forward(t.conv.forward(outs[j].clone())), t.factor);
+                        y = y + upsample_nearest(
+                            t.norm.forward(t.conv.forward(outs[j].clone())),
+                            t.factor,
+                        );
                     } else if j < i {
                         let t = down.next().expect("one downsampling map per pair");
                         let mut h = outs[j].clone();
@@ -101,5 +117,7 @@ pub(crate) fn upsample_nearest(x: Tensor<4>, factor: usize) -> Tensor<4> {
         return x;
     }
     let [b, c, h, w] = x.dims();
-    x.reshape([b * c, h, 1, w, 1]).expand([b * c, h, factor, w, factor]).reshape([b, c, h * factor, w * factor])
+    x.reshape([b * c, h, 1, w, 1])
+        .expand([b * c, h, factor, w, factor])
+        .reshape([b, c, h * factor, w * factor])
 }

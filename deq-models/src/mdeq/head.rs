@@ -80,7 +80,10 @@ impl Head {
         let down = config
             .head_channels
             .windows(2)
-            .map(|w| HeadDownsample { conv: conv([4 * w[0], 4 * w[1]], 3, 2, true, std, device), norm: bn(4 * w[1]) })
+            .map(|w| HeadDownsample {
+                conv: conv([4 * w[0], 4 * w[1]], 3, 2, true, std, device),
+                norm: bn(4 * w[1]),
+            })
             .collect();
         let last = 4 * config.head_channels[config.head_channels.len() - 1];
         Self {

@@ -41,7 +41,14 @@ use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::Device;
 
 /// A square convolution with "same" padding for stride 1, weights `N(0, std)`, zero bias.
-pub(crate) fn conv(channels: [usize; 2], kernel: usize, stride: usize, bias: bool, std: f64, device: &Device) -> Conv2d {
+pub(crate) fn conv(
+    channels: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    bias: bool,
+    std: f64,
+    device: &Device,
+) -> Conv2d {
     let p = kernel / 2;
     Conv2dConfig::new(channels, [kernel, kernel])
         .with_stride([stride, stride])
@@ -52,6 +59,13 @@ pub(crate) fn conv(channels: [usize; 2], kernel: usize, stride: usize, bias: boo
 }
 
 /// GroupNorm with weight 1 and bias 0 (when affine).
-pub(crate) fn group_norm(groups: usize, channels: usize, affine: bool, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(groups, channels).with_affine(affine).init(device)
+pub(crate) fn group_norm(
+    groups: usize,
+    channels: usize,
+    affine: bool,
+    device: &Device,
+) -> GroupNorm {
+    GroupNormConfig::new(groups, channels)
+        .with_affine(affine)
+        .init(device)
 }

@@ -3,10 +3,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use deq_core::{Deq, DeqFunction, DeqOutput, StateShape};
 
+use super::MdeqConfig;
 use super::core::{MdeqCore, PreparedCore};
 use super::head::Head;
 use super::stem::Stem;
-use super::MdeqConfig;
 use crate::error::ModelError;
 
 /// How the state is obtained.
@@ -74,7 +74,13 @@ impl Mdeq {
     /// the size divisor).
     pub fn state_shape(&self, h: usize, w: usize) -> StateShape {
         let (h0, w0) = (h >> self.downsample_times, w >> self.downsample_times);
-        StateShape::new(self.channels.iter().enumerate().map(|(i, &c)| [c, h0 >> i, w0 >> i]).collect())
+        StateShape::new(
+            self.channels
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| [c, h0 >> i, w0 >> i])
+                .collect(),
+        )
     }
 
     /// Checks that `x` (`[batch, in, H, W]`) fits: a non-empty batch, the configured channel
@@ -82,7 +88,11 @@ impl Mdeq {
     pub fn check_input(&self, x: &Tensor<4>) -> Result<(), ModelError> {
         let [batch, channels, h, w] = x.dims();
         if batch == 0 {
-            return Err(ModelError::Input { what: "batch size", expected: "at least 1".into(), found: "0".into() });
+            return Err(ModelError::Input {
+                what: "batch size",
+                expected: "at least 1".into(),
+                found: "0".into(),
+            });
         }
         if channels != self.input_channels {
             return Err(ModelError::Input {
@@ -121,7 +131,10 @@ impl Mdeq {
         let (core, injection) = self.prepare(x)?;
         let shape = core.state_shape().clone();
         let batch = injection.dims()[0];
-        let z0 = Tensor::<2>::zeros([batch, shape.dim()], (&injection.device(), injection.dtype()));
+        let z0 = Tensor::<2>::zeros(
+            [batch, shape.dim()],
+            (&injection.device(), injection.dtype()),
+        );
         let (z, deq) = match mode {
             MdeqMode::Equilibrium(deq) => {
                 let out = deq.forward(&core, &injection, z0)?;

@@ -45,7 +45,10 @@ impl Stem {
             norm2: bn(c0),
             injection: config
                 .uses_injection_transform()
-                .then(|| InjectionTransform { conv: conv([c0, c0], 1, 1, false, std, device), norm: bn(c0) }),
+                .then(|| InjectionTransform {
+                    conv: conv([c0, c0], 1, 1, false, std, device),
+                    norm: bn(c0),
+                }),
         }
     }
 

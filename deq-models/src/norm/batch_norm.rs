@@ -33,16 +33,24 @@ pub struct BatchNorm2d {
 impl BatchNorm2dConfig {
     /// The module.
     pub fn init(&self, device: &Device) -> BatchNorm2d {
-        let norm = BatchNormConfig::new(self.channels).with_momentum(self.momentum).init(device);
+        let norm = BatchNormConfig::new(self.channels)
+            .with_momentum(self.momentum)
+            .init(device);
         if self.affine {
-            BatchNorm2d { norm: Some(norm), frozen_affine: None }
+            BatchNorm2d {
+                norm: Some(norm),
+                frozen_affine: None,
+            }
         } else {
             let norm = BatchNorm {
                 gamma: norm.gamma.set_require_grad(false),
                 beta: norm.beta.set_require_grad(false),
                 ..norm
             };
-            BatchNorm2d { norm: None, frozen_affine: Some(norm) }
+            BatchNorm2d {
+                norm: None,
+                frozen_affine: Some(norm),
+            }
         }
     }
 }

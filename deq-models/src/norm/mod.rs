@@ -5,5 +5,5 @@ mod weight_norm;
 
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use variational_dropout::{VariationalDropout, VariationalDropoutConfig};
-pub use weight_norm::{WeightNormConv2d, WeightNormConv2dConfig};
 pub(crate) use weight_norm::conv_same;
+pub use weight_norm::{WeightNormConv2d, WeightNormConv2dConfig};

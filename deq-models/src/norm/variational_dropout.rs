@@ -1,7 +1,7 @@
 //! Variational (locked) dropout for equilibrium models.
 use burn::config::Config;
-use burn::module::{Module, Param};
 use burn::module::Flag;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// Configuration of a [`VariationalDropout`].
@@ -26,7 +26,10 @@ pub struct VariationalDropout {
 impl VariationalDropoutConfig {
     /// The module.
     pub fn init(&self) -> VariationalDropout {
-        VariationalDropout { prob: self.prob, training: Param::from_bool(true) }
+        VariationalDropout {
+            prob: self.prob,
+            training: Param::from_bool(true),
+        }
     }
 }
 
@@ -39,7 +42,11 @@ impl VariationalDropout {
             return None;
         }
         let keep = 1.0 - self.prob;
-        let mask = Tensor::<4>::random([batch, channels, 1, 1], Distribution::Bernoulli(keep), &device.clone().inner());
+        let mask = Tensor::<4>::random(
+            [batch, channels, 1, 1],
+            Distribution::Bernoulli(keep),
+            &device.clone().inner(),
+        );
         Some(mask / keep)
     }
 }

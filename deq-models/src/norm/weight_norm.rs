@@ -40,7 +40,11 @@ impl WeightNormConv2dConfig {
     /// `v ~ N(0, init_std)`, `g = ‖v‖` per output channel (so the initial weight is `v`).
     pub fn init(&self, device: &Device) -> WeightNormConv2d {
         let [cin, cout] = self.channels;
-        let v = Tensor::<4>::random([cout, cin, self.kernel, self.kernel], Distribution::Normal(0.0, self.init_std), device);
+        let v = Tensor::<4>::random(
+            [cout, cin, self.kernel, self.kernel],
+            Distribution::Normal(0.0, self.init_std),
+            device,
+        );
         let g = channel_norm(v.clone());
         WeightNormConv2d {
             v: Param::from_tensor(v),
@@ -54,7 +58,11 @@ impl WeightNormConv2dConfig {
 /// `‖v‖` per output channel: `[out, in, k, k] -> [out]`.
 fn channel_norm(v: Tensor<4>) -> Tensor<1> {
     let [out, ..] = v.dims();
-    (v.clone() * v).flatten::<2>(1, 3).sum_dim(1).sqrt().reshape([out])
+    (v.clone() * v)
+        .flatten::<2>(1, 3)
+        .sum_dim(1)
+        .sqrt()
+        .reshape([out])
 }
 
 impl WeightNormConv2d {
@@ -79,8 +87,18 @@ impl WeightNormConv2d {
 }
 
 /// `conv2d` without bias with square stride and padding.
-pub(crate) fn apply_conv(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
-    conv2d(x, weight, None, ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1))
+pub(crate) fn apply_conv(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    conv2d(
+        x,
+        weight,
+        None,
+        ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+    )
 }
 
 /// Stride-1 convolution with "same" padding and no bias (for a prepared weight).
