@@ -8,13 +8,12 @@ use super::tracker::{where_rows, zero_rows};
 ///
 /// Each sample has its own write position and fill level (explicit order: the oldest pair is
 /// overwritten first), so samples that stopped early keep their matrix intact while others go
-/// on updating theirs.
+/// on updating theirs. Both follow from the per-slot push stamps: the fill level is the number
+/// of live slots, the write position the slot after the newest pair.
 #[derive(Clone, Debug)]
 pub struct LowRankInverse {
     u: Tensor<3>,
     v: Tensor<3>,
-    len: Vec<usize>,
-    next: Vec<usize>,
     /// Per (sample, slot): the sample's push count when the slot was written (0: empty).
     stamp: Vec<u64>,
     /// Per sample: number of pairs pushed so far.
@@ -46,8 +45,6 @@ impl LowRankInverse {
         Self {
             u: Tensor::zeros([batch, capacity, dim], options),
             v: Tensor::zeros([batch, capacity, dim], options),
-            len: vec![0; batch],
-            next: vec![0; batch],
             stamp: vec![0; batch * capacity],
             pushes: vec![0; batch],
             best: vec![0; batch],
@@ -62,7 +59,33 @@ impl LowRankInverse {
 
     /// Number of pairs currently stored for `sample`.
     pub fn rank(&self, sample: usize) -> usize {
-        self.len[sample]
+        self.stamps(sample).iter().filter(|&&s| s > 0).count()
+    }
+
+    /// The push stamps of `sample`'s slots (0: empty).
+    fn stamps(&self, sample: usize) -> &[u64] {
+        let capacity = self.capacity();
+        &self.stamp[sample * capacity..(sample + 1) * capacity]
+    }
+
+    /// The slot `sample` writes next: the one after its newest pair (the oldest pair once the
+    /// ring is full, an empty slot otherwise).
+    fn next_slot(&self, sample: usize) -> usize {
+        let stamps = self.stamps(sample);
+        (0..stamps.len())
+            .filter(|&j| stamps[j] > 0)
+            .max_by_key(|&j| stamps[j])
+            .map_or(0, |j| (j + 1) % stamps.len())
+    }
+
+    /// Moves the factor buffers out (to update them in place where the backend allows it).
+    fn take_factors(&mut self) -> (Tensor<3>, Tensor<3>) {
+        let empty = || Tensor::empty([0, 0, 0], (&self.u.device(), self.u.dtype()));
+        let (u, v) = (empty(), empty());
+        (
+            std::mem::replace(&mut self.u, u),
+            std::mem::replace(&mut self.v, v),
+        )
     }
 
     /// `B x` per sample: `−x + U (Vᵀ x)`. `x`: `[batch, dim]`.
@@ -106,7 +129,7 @@ impl LowRankInverse {
         // free slots follow the newest pair and writing continues in order.
         let order: Vec<usize> = (0..batch)
             .flat_map(|b| {
-                let stamps = &self.stamp[b * capacity..(b + 1) * capacity];
+                let stamps = self.stamps(b);
                 let mut slots: Vec<usize> = (0..capacity).collect();
                 slots.sort_by_key(|&j| (stamps[j] == 0, stamps[j]));
                 slots
@@ -131,12 +154,9 @@ impl LowRankInverse {
             .expand([batch, capacity, dim]);
             (self.u.gather(1, index.clone()), self.v.gather(1, index))
         };
-        let next = self.len.clone();
         Self {
             u: Tensor::cat(vec![u, pad()], 1),
             v: Tensor::cat(vec![v, pad()], 1),
-            len: self.len,
-            next,
             stamp,
             best: self.pushes.clone(),
             pushes: self.pushes,
@@ -168,21 +188,13 @@ impl LowRankInverse {
         if capacity == 0 || !write.iter().any(|&w| w) {
             return;
         }
-        let mut slots: Vec<usize> = (0..batch)
-            .filter(|&b| write[b])
-            .map(|b| self.next[b])
-            .collect();
+        let next: Vec<usize> = (0..batch).map(|b| self.next_slot(b)).collect();
+        let mut slots: Vec<usize> = (0..batch).filter(|&b| write[b]).map(|b| next[b]).collect();
         slots.sort_unstable();
         slots.dedup();
-        let device = self.u.device();
-        let mut ubuf =
-            std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, u.dtype())));
-        let mut vbuf =
-            std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, v.dtype())));
+        let (mut ubuf, mut vbuf) = self.take_factors();
         for slot in slots {
-            let rows: Vec<bool> = (0..batch)
-                .map(|b| write[b] && self.next[b] == slot)
-                .collect();
+            let rows: Vec<bool> = (0..batch).map(|b| write[b] && next[b] == slot).collect();
             // Save the pairs that a best matrix still needs before overwriting them.
             let keep: Vec<bool> = (0..batch)
                 .map(|b| {
@@ -206,22 +218,15 @@ impl LowRankInverse {
                     v: v_saved,
                 });
             }
-            let mix = |buf: &Tensor<3>, new: &Tensor<2>| {
-                let old = buf.clone().narrow(1, slot, 1).reshape([batch, dim]);
-                where_rows(old, &rows, new.clone()).reshape([batch, 1, dim])
-            };
-            let (col_u, col_v) = (mix(&ubuf, &u), mix(&vbuf, &v));
-            ubuf = ubuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_u);
-            vbuf = vbuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_v);
+            ubuf = map_column(ubuf, slot, |old| where_rows(old, &rows, u.clone()));
+            vbuf = map_column(vbuf, slot, |old| where_rows(old, &rows, v.clone()));
         }
         self.u = ubuf;
         self.v = vbuf;
         for b in 0..batch {
             if write[b] {
                 self.pushes[b] += 1;
-                self.stamp[b * capacity + self.next[b]] = self.pushes[b];
-                self.next[b] = (self.next[b] + 1) % capacity;
-                self.len[b] = (self.len[b] + 1).min(capacity);
+                self.stamp[b * capacity + next[b]] = self.pushes[b];
             }
         }
     }
@@ -250,34 +255,19 @@ impl LowRankInverse {
     pub fn into_best(mut self) -> Self {
         let keep = self.best.clone();
         self.truncate_to(&keep);
-        let [batch, capacity, dim] = self.u.dims();
+        let [batch, capacity, _] = self.u.dims();
         let evicted = std::mem::take(&mut self.evicted);
         // Between two marks a (sample, slot) is saved at most once: once overwritten, the slot
         // holds a pair newer than the best matrix, which is never saved. So no entries collide.
         for e in evicted {
-            let restore = |buf: Tensor<3>, saved: &Tensor<2>| {
-                let col = buf.clone().narrow(1, e.slot, 1).reshape([batch, dim]);
-                let col = where_rows(col, &e.rows, saved.clone()).reshape([batch, 1, dim]);
-                buf.slice_assign([0..batch, e.slot..e.slot + 1, 0..dim], col)
-            };
-            let (device, dtype) = (self.u.device(), self.u.dtype());
-            let ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, dtype)));
-            self.u = restore(ubuf, &e.u);
-            let vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, dtype)));
-            self.v = restore(vbuf, &e.v);
+            let (ubuf, vbuf) = self.take_factors();
+            self.u = map_column(ubuf, e.slot, |col| where_rows(col, &e.rows, e.u.clone()));
+            self.v = map_column(vbuf, e.slot, |col| where_rows(col, &e.rows, e.v.clone()));
             for b in 0..batch {
                 if e.rows[b] {
                     self.stamp[b * capacity + e.slot] = e.stamps[b];
                 }
             }
-        }
-        for b in 0..batch {
-            let stamps = &self.stamp[b * capacity..(b + 1) * capacity];
-            self.len[b] = stamps.iter().filter(|&&s| s > 0).count();
-            self.next[b] = (0..capacity)
-                .filter(|&j| stamps[j] > 0)
-                .max_by_key(|&j| stamps[j])
-                .map_or(0, |j| (j + 1) % capacity);
         }
         self
     }
@@ -286,7 +276,7 @@ impl LowRankInverse {
     /// and no longer counted), giving back the matrix as it was then, provided none of its
     /// pairs has been overwritten since.
     fn truncate_to(&mut self, keep: &[u64]) {
-        let [batch, capacity, dim] = self.u.dims();
+        let [batch, capacity, _] = self.u.dims();
         let drop: Vec<bool> = (0..batch * capacity)
             .map(|k| self.stamp[k] > keep[k / capacity])
             .collect();
@@ -294,24 +284,18 @@ impl LowRankInverse {
             return;
         }
         // Zero the dropped pairs slot by slot: O(batch · dim) per slot, in place where possible.
-        let (device, dtype) = (self.u.device(), self.u.dtype());
-        let mut ubuf = std::mem::replace(&mut self.u, Tensor::empty([0, 0, 0], (&device, dtype)));
-        let mut vbuf = std::mem::replace(&mut self.v, Tensor::empty([0, 0, 0], (&device, dtype)));
+        let (mut ubuf, mut vbuf) = self.take_factors();
         for slot in 0..capacity {
             let rows: Vec<bool> = (0..batch).map(|b| drop[b * capacity + slot]).collect();
             if !rows.iter().any(|&r| r) {
                 continue;
             }
-            let zeroed = |buf: &Tensor<3>| {
-                let col = buf.clone().narrow(1, slot, 1).reshape([batch, dim]);
-                zero_rows(col, &rows).reshape([batch, 1, dim])
-            };
-            let (col_u, col_v) = (zeroed(&ubuf), zeroed(&vbuf));
-            ubuf = ubuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_u);
-            vbuf = vbuf.slice_assign([0..batch, slot..slot + 1, 0..dim], col_v);
+            ubuf = map_column(ubuf, slot, |col| zero_rows(col, &rows));
+            vbuf = map_column(vbuf, slot, |col| zero_rows(col, &rows));
         }
         self.u = ubuf;
         self.v = vbuf;
+        // Writing then continues after the newest surviving pair (see `next_slot`).
         for b in 0..batch {
             for j in 0..capacity {
                 if drop[b * capacity + j] {
@@ -319,15 +303,6 @@ impl LowRankInverse {
                 }
             }
             self.pushes[b] = keep[b];
-            let live = (0..capacity)
-                .filter(|&j| self.stamp[b * capacity + j] > 0)
-                .count();
-            self.len[b] = live;
-            // Continue writing after the newest surviving pair.
-            self.next[b] = (0..capacity)
-                .filter(|&j| self.stamp[b * capacity + j] > 0)
-                .max_by_key(|&j| self.stamp[b * capacity + j])
-                .map_or(0, |j| (j + 1) % capacity);
         }
     }
 
@@ -386,6 +361,18 @@ impl LowRankInverse {
     }
 }
 
+/// `buf` (`[batch, capacity, dim]`) with column `slot` replaced by `f(column)` (`[batch, dim]`).
+/// `f` must return a new tensor, not its argument, so that `buf` is uniquely owned again when it
+/// is written (in place where the backend allows it).
+fn map_column(buf: Tensor<3>, slot: usize, f: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<3> {
+    let [batch, _, dim] = buf.dims();
+    let column = f(buf.clone().narrow(1, slot, 1).reshape([batch, dim]));
+    buf.slice_assign(
+        [0..batch, slot..slot + 1, 0..dim],
+        column.reshape([batch, 1, dim]),
+    )
+}
+
 /// A fresh copy of `tensor` (`[batch, dim]`) with the rows not in `rows` zeroed. Always
 /// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
 fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
@@ -426,6 +413,11 @@ mod tests {
         )
     }
 
+    /// The same row for both samples of a batch of 2.
+    fn twice(row: &[f64]) -> Tensor<2> {
+        t([row, row].concat(), [2, row.len()])
+    }
+
     fn close(a: &[f64], b: &[f64]) -> bool {
         a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
     }
@@ -464,11 +456,7 @@ mod tests {
         for (k, (u, v)) in pairs.iter().enumerate() {
             // Sample 1 only takes the first two pairs.
             let write = [true, k < 2];
-            b.push(
-                t([u.clone(), u.clone()].concat(), [2, n]),
-                t([v.clone(), v.clone()].concat(), [2, n]),
-                &write,
-            );
+            b.push(twice(&u), twice(&v), &write);
         }
         assert_eq!((b.rank(0), b.rank(1)), (3, 2));
         assert!(
@@ -486,11 +474,7 @@ mod tests {
         assert!(close(&grown.dense(0), &b.dense(0)));
         assert!(close(&grown.dense(1), &b.dense(1)));
         let (u, v) = pair(9, n);
-        grown.push(
-            t([u.clone(), u.clone()].concat(), [2, n]),
-            t([v.clone(), v.clone()].concat(), [2, n]),
-            &[true, true],
-        );
+        grown.push(twice(&u), twice(&v), &[true, true]);
         let mut expected = pairs[2..].to_vec();
         expected.push((u, v));
         assert!(close(&grown.dense(0), &dense_of(&expected, n)));
@@ -498,13 +482,9 @@ mod tests {
 
         // Products agree with the dense matrix, and the transpose is the transpose.
         let x = vec![0.3, -1.2, 2.0];
-        let bx: Vec<f64> = grown
-            .apply(t([x.clone(), x.clone()].concat(), [2, n]))
-            .into_data()
-            .iter::<f64>()
-            .collect();
+        let bx: Vec<f64> = grown.apply(twice(&x)).into_data().iter::<f64>().collect();
         let btx: Vec<f64> = grown
-            .apply_transposed(t([x.clone(), x.clone()].concat(), [2, n]))
+            .apply_transposed(twice(&x))
             .into_data()
             .iter::<f64>()
             .collect();
@@ -528,11 +508,7 @@ mod tests {
         let mut b = LowRankInverse::identity(&z, 3);
         let pairs: Vec<_> = (0..6).map(|k| pair(k, n)).collect();
         for (k, (u, v)) in pairs.iter().enumerate() {
-            b.push(
-                t([u.clone(), u.clone()].concat(), [2, n]),
-                t([v.clone(), v.clone()].concat(), [2, n]),
-                &[true, true],
-            );
+            b.push(twice(&u), twice(&v), &[true, true]);
             // Sample 0 is best after its 2nd pair, sample 1 after its 4th.
             b.mark_best(&[k == 1, k == 3]);
         }
@@ -549,11 +525,7 @@ mod tests {
         // Writing continues after the newest kept pair.
         let mut best = best;
         let (u, v) = pair(7, n);
-        best.push(
-            t([u.clone(), u.clone()].concat(), [2, n]),
-            t([v.clone(), v.clone()].concat(), [2, n]),
-            &[true, true],
-        );
+        best.push(twice(&u), twice(&v), &[true, true]);
         let mut expected = pairs[..2].to_vec();
         expected.push((u.clone(), v.clone()));
         assert!(close(&best.dense(0), &dense_of(&expected, n)));
