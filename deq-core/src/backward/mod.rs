@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DeqError, check_nonzero, check_positive, check_unit_interval};
-use crate::solver::{SolverKind, SolverStats};
+use crate::solver::{SolverKind, SolverRole, SolverStats};
 
 pub(crate) use adjoint::{AdjointPlan, adjoint_map};
 
@@ -97,30 +97,11 @@ impl BackwardMode {
                 solver,
                 max_iter,
                 tol,
-            } => crate::solver::SolverConfig::new(solver.clone())
-                .with_max_iter(*max_iter)
-                .with_tol(*tol)
-                .validate()
-                .map_err(|e| match e {
-                    DeqError::InvalidConfig {
-                        field,
-                        value,
-                        reason,
-                    } => DeqError::InvalidConfig {
-                        field: match field {
-                            "solver.max_iter" => "backward.max_iter",
-                            "solver.tol" => "backward.tol",
-                            "solver.memory" => "backward.solver.memory",
-                            "solver.damping" => "backward.solver.damping",
-                            "solver.ridge" => "backward.solver.ridge",
-                            "solver.mixing" => "backward.solver.mixing",
-                            other => other,
-                        },
-                        value,
-                        reason,
-                    },
-                    other => other,
-                }),
+            } => {
+                solver.validate(SolverRole::Adjoint)?;
+                check_nonzero("backward.max_iter", *max_iter)?;
+                check_positive("backward.tol", *tol)
+            }
             Self::Shine { fallback, .. } => {
                 if let Some(tau) = fallback {
                     check_positive("backward.fallback", *tau)?;

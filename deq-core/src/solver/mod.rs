@@ -84,25 +84,55 @@ impl SolverKind {
         }
     }
 
-    fn validate(&self) -> Result<(), DeqError> {
+    /// Checks the algorithm's own settings; errors name the field as configured for `role`.
+    pub(crate) fn validate(&self, role: SolverRole) -> Result<(), DeqError> {
         match *self {
-            Self::FixedPoint { damping } => check_unit_interval("solver.damping", damping),
+            Self::FixedPoint { damping } => check_unit_interval(
+                role.field("solver.damping", "backward.solver.damping"),
+                damping,
+            ),
             Self::Anderson {
                 memory,
                 ridge,
                 mixing,
             } => {
-                check_nonzero("solver.memory", memory)?;
+                check_nonzero(
+                    role.field("solver.memory", "backward.solver.memory"),
+                    memory,
+                )?;
                 if !(ridge.is_finite() && ridge >= 0.0) {
                     return Err(DeqError::InvalidConfig {
-                        field: "solver.ridge",
+                        field: role.field("solver.ridge", "backward.solver.ridge"),
                         value: ridge.to_string(),
                         reason: "must be a finite number ≥ 0",
                     });
                 }
-                check_unit_interval("solver.mixing", mixing)
+                check_unit_interval(
+                    role.field("solver.mixing", "backward.solver.mixing"),
+                    mixing,
+                )
             }
-            Self::Broyden { memory } => check_nonzero("solver.memory", memory),
+            Self::Broyden { memory } => check_nonzero(
+                role.field("solver.memory", "backward.solver.memory"),
+                memory,
+            ),
+        }
+    }
+}
+
+/// Which solve a [`SolverKind`] configures: the forward one (`solver.*` fields) or the implicit
+/// backward's adjoint solve (`backward.solver.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SolverRole {
+    Forward,
+    Adjoint,
+}
+
+impl SolverRole {
+    fn field(self, forward: &'static str, adjoint: &'static str) -> &'static str {
+        match self {
+            Self::Forward => forward,
+            Self::Adjoint => adjoint,
         }
     }
 }
@@ -156,7 +186,7 @@ pub struct SolveResult {
 impl SolverConfig {
     /// Checks every field; the error names the offending one.
     pub fn validate(&self) -> Result<(), DeqError> {
-        self.kind.validate()?;
+        self.kind.validate(SolverRole::Forward)?;
         check_nonzero("solver.max_iter", self.max_iter)?;
         if let Some(eval) = self.eval_max_iter {
             check_nonzero("solver.eval_max_iter", eval)?;
