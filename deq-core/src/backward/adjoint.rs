@@ -144,19 +144,10 @@ fn apply_fallback(
     tau: Option<f64>,
     forward_status: &[SolveStatus],
 ) -> (Tensor<2>, Vec<bool>) {
-    let norms: Vec<f64> = Tensor::cat(
-        vec![
-            (shine.clone() * shine.clone()).sum_dim(1).sqrt(),
-            (grad.clone() * grad.clone()).sum_dim(1).sqrt(),
-        ],
-        1,
-    )
-    .into_data()
-    .iter::<f64>()
-    .collect();
+    let norms = crate::solver::row_norms(&shine, grad);
     let replaced: Vec<bool> = (0..forward_status.len())
         .map(|b| {
-            let (w, g) = (norms[2 * b], norms[2 * b + 1]);
+            let [w, g] = norms[b];
             let bad_forward = matches!(
                 forward_status[b],
                 SolveStatus::Diverged | SolveStatus::NonFinite

@@ -11,7 +11,7 @@ mod fixed_point;
 mod low_rank;
 mod stats;
 mod tracker;
-pub(crate) use tracker::where_rows;
+pub(crate) use tracker::{row_norms, where_rows};
 
 use burn::config::Config;
 use burn::tensor::Tensor;

@@ -97,13 +97,7 @@ impl Tracker {
     fn observe(&mut self, iter: usize, z: &Tensor<2>, fz: &Tensor<2>) -> Observation {
         self.evaluations += 1;
         let batch = self.active.len();
-        let residual = fz.clone() - z.clone();
-        let abs = (residual.clone() * residual).sum_dim(1).sqrt();
-        let fnorm = (fz.clone() * fz.clone()).sum_dim(1).sqrt();
-        let host: Vec<f64> = Tensor::cat(vec![abs, fnorm], 1)
-            .into_data()
-            .iter::<f64>()
-            .collect();
+        let norms = row_norms(&(fz.clone() - z.clone()), fz);
 
         let mut improved = vec![false; batch];
         let mut non_finite = vec![false; batch];
@@ -111,8 +105,8 @@ impl Tracker {
             if !self.active[b] {
                 continue;
             }
-            let abs = host[2 * b];
-            let rel = abs / (host[2 * b + 1] + REL_EPS);
+            let [abs, fnorm] = norms[b];
+            let rel = abs / (fnorm + REL_EPS);
             let res = match self.rule.mode {
                 StopMode::Absolute => abs,
                 StopMode::Relative => rel,
@@ -157,6 +151,16 @@ impl Tracker {
         };
         (self.best_z, stats)
     }
+}
+
+/// Per row, the Euclidean norms of `a` and `b` (both `[batch, dim]`), read back in one transfer.
+pub(crate) fn row_norms(a: &Tensor<2>, b: &Tensor<2>) -> Vec<[f64; 2]> {
+    let norm = |t: &Tensor<2>| (t.clone() * t.clone()).sum_dim(1).sqrt();
+    let host: Vec<f64> = Tensor::cat(vec![norm(a), norm(b)], 1)
+        .into_data()
+        .iter::<f64>()
+        .collect();
+    host.chunks(2).map(|p| [p[0], p[1]]).collect()
 }
 
 /// `tensor` with the rows where `rows` is true taken from `value` (both `[batch, dim]`).
