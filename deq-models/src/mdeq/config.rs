@@ -94,7 +94,7 @@ impl MdeqConfig {
 
     /// The factor by which the input's height and width must be divisible.
     pub fn size_divisor(&self) -> usize {
-        1 << (self.downsample_times + self.branches().saturating_sub(1))
+        size_divisor(self.downsample_times, self.branches())
     }
 
     /// Checks every field; the error names the offending one.
@@ -186,4 +186,10 @@ impl MdeqConfig {
         }
         Ok(())
     }
+}
+
+/// `2^(downsample_times + branches − 1)`: the stem halves the input `downsample_times` times and
+/// each further branch halves it once more.
+pub(crate) fn size_divisor(downsample_times: usize, branches: usize) -> usize {
+    1 << (downsample_times + branches.saturating_sub(1))
 }

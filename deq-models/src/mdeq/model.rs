@@ -101,7 +101,7 @@ impl Mdeq {
                 found: format!("{channels} (input shape {:?})", x.dims()),
             });
         }
-        let divisor = 1usize << (self.downsample_times + self.channels.len() - 1);
+        let divisor = super::config::size_divisor(self.downsample_times, self.channels.len());
         if h == 0 || w == 0 || h % divisor != 0 || w % divisor != 0 {
             return Err(ModelError::Input {
                 what: "spatial size",
