@@ -180,13 +180,14 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
         writer.flush()?;
         Ok(())
     })?;
+    let best = best_per_seed(&traces, args.seeds);
     // The figure goes through a temporary file too (the backend writes the path it is given).
     let png = args.out.join("suboptimality.png");
     let tmp_png = args.out.join("suboptimality.tmp.png");
     crate::plot::plot_suboptimality(
         &traces,
         &args.methods,
-        args.seeds,
+        &best,
         &format!(
             "{}: median over {} seeds, 10–90 % band",
             args.dataset.split(':').next().unwrap_or(""),
@@ -196,7 +197,7 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
     )?;
     std::fs::rename(&tmp_png, &png)
         .with_context(|| format!("renaming {} to {}", tmp_png.display(), png.display()))?;
-    let summary = summarise(&traces, &args.methods, args.seeds);
+    let summary = summarise(&traces, &args.methods, &best);
     write_atomic(&args.out.join("summary.json"), |file| {
         serde_json::to_writer_pretty(&mut *file, &summary)?;
         writeln!(file)?;
@@ -264,12 +265,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn summarise(
-    traces: &BTreeMap<(String, usize), Vec<OuterStep>>,
-    methods: &[String],
-    seeds: usize,
-) -> BTreeMap<String, MethodSummary> {
-    let best: Vec<f64> = (0..seeds)
+/// Per seed, the lowest held-out loss that any method reached.
+fn best_per_seed(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, seeds: usize) -> Vec<f64> {
+    (0..seeds)
         .map(|seed| {
             traces
                 .iter()
@@ -277,7 +275,16 @@ fn summarise(
                 .flat_map(|(_, t)| t.iter().map(|s| s.test_loss))
                 .fold(f64::INFINITY, f64::min)
         })
-        .collect();
+        .collect()
+}
+
+/// Per method, the medians over seeds against `best` (from [`best_per_seed`]).
+fn summarise(
+    traces: &BTreeMap<(String, usize), Vec<OuterStep>>,
+    methods: &[String],
+    best: &[f64],
+) -> BTreeMap<String, MethodSummary> {
+    let seeds = best.len();
     methods
         .iter()
         .map(|method| {
