@@ -114,40 +114,10 @@ pub struct MultinomialLoss {
 }
 
 impl MultinomialLoss {
-    /// `A X` (`rows × classes`, row-major).
-    fn scores(&self, x: &[f64]) -> Vec<f64> {
-        let k = self.classes;
-        let mut s = vec![0.0; self.a.rows() * k];
-        for i in 0..self.a.rows() {
-            let (idx, val) = self.a.row(i);
-            for (&j, &v) in idx.iter().zip(val) {
-                for c in 0..k {
-                    s[i * k + c] += v * x[j * k + c];
-                }
-            }
-        }
-        s
-    }
-
-    /// `Aᵀ R` for `R` of `rows × classes` (result feature-major).
-    fn transpose_times(&self, r: &[f64]) -> Vec<f64> {
-        let k = self.classes;
-        let mut out = vec![0.0; self.a.cols() * k];
-        for i in 0..self.a.rows() {
-            let (idx, val) = self.a.row(i);
-            for (&j, &v) in idx.iter().zip(val) {
-                for c in 0..k {
-                    out[j * k + c] += v * r[i * k + c];
-                }
-            }
-        }
-        out
-    }
-
     /// Softmax probabilities per row, and the loss.
     fn probabilities(&self, x: &[f64]) -> (Vec<f64>, f64) {
         let k = self.classes;
-        let mut s = self.scores(x);
+        let mut s = self.a.mul_dense(x, self.classes);
         let mut loss = 0.0;
         for (i, row) in s.chunks_mut(k).enumerate() {
             let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -177,7 +147,7 @@ impl DataLoss for MultinomialLoss {
         for (i, &y) in self.labels.iter().enumerate() {
             p[i * self.classes + y] -= 1.0;
         }
-        (loss, self.transpose_times(&p))
+        (loss, self.a.mul_t_dense(&p, self.classes))
     }
 
     fn curvature(&self, x: &[f64]) -> Vec<f64> {
@@ -187,14 +157,14 @@ impl DataLoss for MultinomialLoss {
     /// `Aᵀ (P ⊙ U − P ⊙ (P·U) 1ᵀ)` per row with `U = A V`.
     fn hvp_with(&self, p: &Vec<f64>, v: &[f64]) -> Vec<f64> {
         let k = self.classes;
-        let mut u = self.scores(v);
+        let mut u = self.a.mul_dense(v, k);
         for (row, prob) in u.chunks_mut(k).zip(p.chunks(k)) {
             let dot: f64 = row.iter().zip(prob).map(|(a, b)| a * b).sum();
             row.iter_mut()
                 .zip(prob)
                 .for_each(|(a, b)| *a = b * (*a - dot));
         }
-        self.transpose_times(&u)
+        self.a.mul_t_dense(&u, k)
     }
 }
 

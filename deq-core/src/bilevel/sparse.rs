@@ -116,6 +116,38 @@ impl CsrMatrix {
         out
     }
 
+    /// `A X` for a dense `cols × k` matrix `X` (row-major); the result is `rows × k`.
+    pub fn mul_dense(&self, x: &[f64], k: usize) -> Vec<f64> {
+        let mut out = vec![0.0; self.rows * k];
+        for r in 0..self.rows {
+            let (idx, val) = self.row(r);
+            let out_row = &mut out[r * k..(r + 1) * k];
+            for (&c, &v) in idx.iter().zip(val) {
+                out_row
+                    .iter_mut()
+                    .zip(&x[c * k..(c + 1) * k])
+                    .for_each(|(o, xi)| *o += v * xi);
+            }
+        }
+        out
+    }
+
+    /// `Aᵀ Y` for a dense `rows × k` matrix `Y` (row-major); the result is `cols × k`.
+    pub fn mul_t_dense(&self, y: &[f64], k: usize) -> Vec<f64> {
+        let mut out = vec![0.0; self.cols * k];
+        for r in 0..self.rows {
+            let (idx, val) = self.row(r);
+            let y_row = &y[r * k..(r + 1) * k];
+            for (&c, &v) in idx.iter().zip(val) {
+                out[c * k..(c + 1) * k]
+                    .iter_mut()
+                    .zip(y_row)
+                    .for_each(|(o, yi)| *o += v * yi);
+            }
+        }
+        out
+    }
+
     /// The rows at `rows`, in that order.
     pub fn select_rows(&self, rows: &[usize]) -> Self {
         let mut indptr = vec![0];
