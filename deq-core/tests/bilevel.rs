@@ -24,6 +24,14 @@ fn tight() -> LbfgsConfig {
     }
 }
 
+/// The inner solution to machine precision: L-BFGS from zero to `gtol`, then Newton.
+fn solve_exact<L: DataLoss>(problem: &BilevelProblem<L>, lambda: f64, gtol: f64) -> Vec<f64> {
+    let start = vec![0.0; problem.inner.loss.dim()];
+    let config = LbfgsConfig { gtol, ..tight() };
+    let r = problem.solve_inner(lambda, start, &config, LbfgsMemory::new(30, true), None);
+    problem.solve_inner_newton(lambda, r.x)
+}
+
 fn problem() -> BilevelProblem {
     let (a, y) = breast_cancer().unwrap();
     split_problem(&a, &y, 0).unwrap().0
@@ -34,20 +42,9 @@ fn problem() -> BilevelProblem {
 #[test]
 fn exact_hypergradient_matches_finite_differences() {
     let problem = problem();
-    let n = problem.inner.loss.a.cols();
     // L-BFGS to 1e-6, then Newton to machine precision.
     let outer_at = |lambda: f64| {
-        let r = problem.solve_inner(
-            lambda,
-            vec![0.0; n],
-            &LbfgsConfig {
-                gtol: 1e-6,
-                ..tight()
-            },
-            LbfgsMemory::new(30, true),
-            None,
-        );
-        let x = problem.solve_inner_newton(lambda, r.x);
+        let x = solve_exact(&problem, lambda, 1e-6);
         let gnorm = norm(&problem.inner.value_grad(&x, lambda).1);
         assert!(gnorm < 1e-9, "inner solve at λ = {lambda}: ‖∇h‖ = {gnorm}");
         (problem.outer.value(&x), x)
@@ -533,19 +530,7 @@ fn multinomial_hypergradients() {
         rel_err(&hvp, &fd)
     );
 
-    let solve = |lambda: f64| {
-        let r = problem.solve_inner(
-            lambda,
-            vec![0.0; dim],
-            &LbfgsConfig {
-                gtol: 1e-7,
-                ..tight()
-            },
-            LbfgsMemory::new(30, true),
-            None,
-        );
-        problem.solve_inner_newton(lambda, r.x)
-    };
+    let solve = |lambda: f64| solve_exact(&problem, lambda, 1e-7);
     for lambda in [-1.0, 1.0] {
         let xs = solve(lambda);
         let exact = problem

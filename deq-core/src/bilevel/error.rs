@@ -26,3 +26,34 @@ pub enum BilevelError {
         reason: &'static str,
     },
 }
+
+/// A [`BilevelError::Setting`] error.
+pub(crate) fn invalid(
+    field: &'static str,
+    value: String,
+    reason: &'static str,
+) -> Result<(), BilevelError> {
+    Err(BilevelError::Setting {
+        field,
+        value,
+        reason,
+    })
+}
+
+/// `value ≥ 1`.
+pub(crate) fn check_nonzero(field: &'static str, value: usize) -> Result<(), BilevelError> {
+    if value == 0 {
+        invalid(field, "0".into(), "must be at least 1")
+    } else {
+        Ok(())
+    }
+}
+
+/// `value` finite and `> 0`.
+pub(crate) fn check_positive(field: &'static str, value: f64) -> Result<(), BilevelError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        invalid(field, value.to_string(), "must be a finite number > 0")
+    }
+}

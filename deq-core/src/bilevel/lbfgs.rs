@@ -2,6 +2,7 @@
 use std::collections::VecDeque;
 
 use super::BilevelError;
+use super::error::{check_nonzero, check_positive, invalid};
 
 pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -146,25 +147,10 @@ impl Default for LbfgsConfig {
 impl LbfgsConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), BilevelError> {
-        let bad = |field, value: String, reason| {
-            Err(BilevelError::Setting {
-                field,
-                value,
-                reason,
-            })
-        };
-        if self.memory == 0 {
-            return bad("lbfgs.memory", "0".into(), "must be at least 1");
-        }
-        if !(self.gtol.is_finite() && self.gtol > 0.0) {
-            return bad(
-                "lbfgs.gtol",
-                self.gtol.to_string(),
-                "must be a finite number > 0",
-            );
-        }
+        check_nonzero("lbfgs.memory", self.memory)?;
+        check_positive("lbfgs.gtol", self.gtol)?;
         if !(0.0 < self.c1 && self.c1 < self.c2 && self.c2 < 1.0) {
-            return bad(
+            return invalid(
                 "lbfgs.c1/c2",
                 format!("{}/{}", self.c1, self.c2),
                 "need 0 < c1 < c2 < 1",

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use super::BilevelError;
+use super::error::{check_nonzero, check_positive, invalid};
 use super::hypergrad::{BilevelProblem, HypergradMethod};
 use super::lbfgs::{LbfgsConfig, LbfgsMemory};
 use super::logistic::DataLoss;
@@ -99,30 +100,17 @@ impl OuterConfig {
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), BilevelError> {
-        let bad = |field, value: String, reason| {
-            Err(BilevelError::Setting {
-                field,
-                value,
-                reason,
-            })
-        };
-        if self.outer_iters == 0 {
-            return bad("outer_iters", "0".into(), "must be at least 1");
-        }
-        if self.memory == 0 {
-            return bad("memory", "0".into(), "must be at least 1");
-        }
-        if !(self.eps0.is_finite() && self.eps0 > 0.0) {
-            return bad("eps0", self.eps0.to_string(), "must be a finite number > 0");
-        }
+        check_nonzero("outer_iters", self.outer_iters)?;
+        check_nonzero("memory", self.memory)?;
+        check_positive("eps0", self.eps0)?;
         if !(self.rho > 0.0 && self.rho <= 1.0) {
-            return bad("rho", self.rho.to_string(), "must lie in (0, 1]");
+            return invalid("rho", self.rho.to_string(), "must lie in (0, 1]");
         }
         if !(self.lambda0.is_finite()
             && self.lambda_bound.is_finite()
             && self.lambda0.abs() <= self.lambda_bound)
         {
-            return bad(
+            return invalid(
                 "lambda0",
                 self.lambda0.to_string(),
                 "must be finite and within the bound",
