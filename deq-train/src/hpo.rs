@@ -162,7 +162,7 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
         }
     }
     write_atomic(&args.out.join("trace.csv"), |file| {
-        let mut writer = csv::Writer::from_writer(file);
+        let mut writer = csv::Writer::from_writer(&mut *file);
         for ((method, seed), trace) in &traces {
             for s in trace {
                 writer.serialize(Row {
@@ -181,9 +181,6 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     let best = best_per_seed(&traces, args.seeds);
-    // The figure goes through a temporary file too (the backend writes the path it is given).
-    let png = args.out.join("suboptimality.png");
-    let tmp_png = args.out.join("suboptimality.tmp.png");
     crate::plot::plot_suboptimality(
         &traces,
         &args.methods,
@@ -193,10 +190,8 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
             args.dataset.split(':').next().unwrap_or(""),
             args.seeds
         ),
-        &tmp_png,
+        &args.out.join("suboptimality.png"),
     )?;
-    std::fs::rename(&tmp_png, &png)
-        .with_context(|| format!("renaming {} to {}", tmp_png.display(), png.display()))?;
     let summary = summarise(&traces, &args.methods, &best);
     write_atomic(&args.out.join("summary.json"), |file| {
         serde_json::to_writer_pretty(&mut *file, &summary)?;
@@ -226,7 +221,7 @@ pub fn run(args: &HpoArgs) -> anyhow::Result<()> {
         "wrote {}, {} and {}",
         args.out.join("trace.csv").display(),
         args.out.join("summary.json").display(),
-        png.display()
+        args.out.join("suboptimality.png").display()
     );
     Ok(())
 }
@@ -309,21 +304,14 @@ fn summarise(
         .collect()
 }
 
-/// Writes through a temporary file in the same folder, then renames: a reader never sees a
-/// half-written file and an interrupted run leaves the previous file intact.
+/// Builds a file's content in memory with `write` and stores it with
+/// [`deq_train::fsio::write_atomic`] (never half-written).
 pub fn write_atomic(
     path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
+    write: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    write(&mut file).with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    let mut bytes = Vec::new();
+    write(&mut bytes).with_context(|| format!("preparing {}", path.display()))?;
+    deq_train::fsio::write_atomic(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,31 +1,34 @@
-//! `deq-train`: the command-line front end. Subcommands: `toy` trains the dense DEQ classifier
-//! of `deq-models` on synthetic data with any backward mode; `hpo` runs the bi-level
-//! hyperparameter optimisation experiment (HOAG, SHINE, OPA, … on logistic regression).
+//! `deq-train`: the command-line front end. With no arguments it trains the small MDEQ with
+//! SHINE backward on the bundled Fashion-MNIST subset. Subcommands: `train`, `eval`, `plot`,
+//! `toy` (the dense DEQ on synthetic data) and `hpo` (bi-level hyperparameter optimisation).
+mod commands;
 mod hpo;
 mod plot;
 
-use std::time::Instant;
-
-use anyhow::Context;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::{Parser, Subcommand};
-use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind};
-use deq_models::DenseDeqConfig;
+use deq_core::BackwardMode;
+
+use commands::{EvalArgs, PlotArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Train deep equilibrium models with implicit or SHINE gradients"
+    about = "Train deep equilibrium models with implicit or SHINE gradients",
+    long_about = "Train deep equilibrium models with implicit or SHINE gradients.\n\nWith no subcommand, `deq-train` runs `train` with its defaults: the small MDEQ, SHINE backward, the bundled Fashion-MNIST subset, output in runs/train-NNN."
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train an MDEQ classifier (settings from --config TOML, overridden by options).
+    Train(Box<TrainArgs>),
+    /// Accuracy and solver statistics of a run's checkpoint on a split.
+    Eval(EvalArgs),
+    /// Figures from runs: one run → its training curves; several → accuracy vs backward time.
+    Plot(PlotArgs),
     /// Train the dense DEQ classifier on a synthetic task (labels from a fixed random teacher).
     Toy {
         /// Backward mode, e.g. `shine`, `shine:fallback=1.8`, `shine:refine=5`, `implicit`,
@@ -77,12 +80,13 @@ enum Command {
     },
 }
 
-const INPUT: usize = 16;
-const CLASSES: usize = 4;
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Toy {
+        None => commands::train(&TrainArgs::default()),
+        Some(Command::Train(args)) => commands::train(&args),
+        Some(Command::Eval(args)) => commands::eval(&args),
+        Some(Command::Plot(args)) => commands::plot(&args),
+        Some(Command::Toy {
             backward,
             steps,
             batch,
@@ -90,20 +94,20 @@ fn main() -> anyhow::Result<()> {
             forward_iters,
             lr,
             seed,
-        } => {
+        }) => {
             anyhow::ensure!(
                 steps > 0 && batch > 0 && hidden > 0,
                 "--steps, --batch and --hidden must be at least 1"
             );
-            toy(backward, steps, batch, hidden, forward_iters, lr, seed)
+            commands::toy(backward, steps, batch, hidden, forward_iters, lr, seed)
         }
-        Command::Hpo {
+        Some(Command::Hpo {
             dataset,
             methods,
             seeds,
             outer_iters,
             out,
-        } => hpo::run(&hpo::HpoArgs {
+        }) => hpo::run(&hpo::HpoArgs {
             dataset,
             methods,
             seeds,
@@ -111,69 +115,4 @@ fn main() -> anyhow::Result<()> {
             outer_iters,
         }),
     }
-}
-
-fn toy(
-    backward: BackwardMode,
-    steps: usize,
-    batch: usize,
-    hidden: usize,
-    forward_iters: usize,
-    lr: f64,
-    seed: u64,
-) -> anyhow::Result<()> {
-    let device = Device::default().autodiff();
-    device.seed(seed);
-    let teacher = Tensor::<2>::random(
-        [INPUT, CLASSES],
-        Distribution::Normal(0.0, 1.0),
-        &device.clone().inner(),
-    );
-    let mut model = DenseDeqConfig::new(INPUT, hidden, CLASSES).init(&device);
-    let deq = DeqConfig::new(
-        SolverConfig::new(SolverKind::broyden(forward_iters)).with_max_iter(forward_iters),
-    )
-    .with_backward(backward.clone())
-    .init()
-    .context("invalid DEQ settings")?;
-    let mut optim = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    println!(
-        "training the dense DEQ ({hidden} units) with backward `{backward}` for {steps} steps of batch {batch}"
-    );
-    let report_every = (steps / 10).max(1);
-    let (mut loss_sum, mut correct, mut seen, mut backward_s, mut iters) =
-        (0.0, 0usize, 0usize, 0.0, 0.0);
-    for step in 1..=steps {
-        let x = Tensor::<2>::random(
-            [batch, INPUT],
-            Distribution::Normal(0.0, 1.0),
-            &device.clone().inner(),
-        );
-        let labels: Tensor<1, Int> = x.clone().matmul(teacher.clone()).argmax(1).reshape([batch]);
-        let out = model.forward(&deq, x.autodiff())?;
-        let loss = loss_fn.forward(out.logits.clone(), labels.clone().autodiff());
-        let predicted: Tensor<1, Int> = out.logits.clone().inner().argmax(1).reshape([batch]);
-        correct += predicted.equal(labels).int().sum().into_scalar::<i64>() as usize;
-        seen += batch;
-        loss_sum += loss.clone().into_scalar::<f64>();
-        iters += out.deq.stats.mean_iterations();
-        let started = Instant::now();
-        let grads = loss.backward();
-        backward_s += started.elapsed().as_secs_f64();
-        let grads = GradientsParams::from_grads(grads, &model);
-        model = optim.step(lr, model, grads);
-        if step % report_every == 0 || step == steps {
-            let n = report_every.min(step) as f64;
-            println!(
-                "step {step:>5}  loss {:.4}  accuracy {:5.1}%  forward iterations {:.1}  backward {:.2} ms",
-                loss_sum / n,
-                100.0 * correct as f64 / seen as f64,
-                iters / n,
-                1e3 * backward_s / n
-            );
-            (loss_sum, correct, seen, backward_s, iters) = (0.0, 0, 0, 0.0, 0.0);
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,9 @@
+//! `deq-train`: data, training, evaluation, checkpoints and plots for deep equilibrium models.
+//! The `deq-train` binary is the command-line front end; this library holds what it runs, so
+//! that it can be tested and reused.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod data;
+pub mod fsio;
+pub mod train;

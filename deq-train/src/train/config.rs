@@ -1,0 +1,227 @@
+//! The settings of a training run (TOML file, command-line overrides, written to the run folder).
+use std::path::{Path, PathBuf};
+
+use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind};
+use deq_models::MdeqConfig;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::data::{Augment, DatasetKind};
+
+/// Everything that determines a training run. Field names are the TOML keys (and, with `-`
+/// for `_`, the command-line options). Defaults: the small MDEQ on the bundled Fashion-MNIST
+/// subset with SHINE backward — the run `deq-train` starts with no arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `fashion-mnist`, `mnist` or `cifar10`.
+    pub dataset: DatasetKind,
+    /// Folder (IDX or CIFAR-10 binary) or archive (CIFAR-10 JPEG); `None`: the bundled
+    /// Fashion-MNIST subset.
+    pub data_dir: Option<PathBuf>,
+    /// Present grey 28×28 images as 3×32×32 (zero-padded, grey repeated), so CIFAR-shaped
+    /// models (`tiny`, `large`) train on (Fashion-)MNIST.
+    pub rgb32: bool,
+    /// Model preset: `small` (28×28 grey), `tiny` or `large` (3×32×32).
+    pub model: String,
+    /// Full architecture; when given it replaces the preset named by `model`.
+    pub mdeq: Option<MdeqConfig>,
+    /// Backward mode, e.g. `shine`, `shine:fallback=1.8`, `shine:refine=5`, `implicit`, `jfb`,
+    /// `phantom:k=5,tau=0.5`, `unrolled`.
+    pub backward: String,
+    /// Forward solver: `broyden`, `anderson` or `fixed-point`.
+    pub solver: String,
+    /// Memory of the Broyden / Anderson solver.
+    pub solver_memory: usize,
+    /// Forward iteration budget during training.
+    pub forward_iters: usize,
+    /// Forward iteration budget in evaluation.
+    pub eval_iters: usize,
+    /// Relative-residual tolerance of the forward solve.
+    pub tol: f64,
+    /// Optimiser steps of unrolled pretraining (f applied `pretrain_layers` times from zero)
+    /// before the equilibrium training starts.
+    pub pretrain_steps: usize,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    pub eval_batch_size: usize,
+    /// Peak learning rate of Adam (cosine decay to 0 over the run, stepped every iteration).
+    pub lr: f64,
+    /// L2 weight decay of Adam.
+    pub weight_decay: f64,
+    /// Clip the gradient's global norm to this value (0: no clipping).
+    pub grad_clip: f64,
+    /// Random crop (padding 4) and horizontal flip; `None`: on for CIFAR-10, off otherwise.
+    pub augment: Option<bool>,
+    /// Use only N training images, a fixed random sample (0: all).
+    pub train_limit: usize,
+    /// Use only N test images, a fixed random sample (0: all).
+    pub test_limit: usize,
+    /// Seed of the initialisation, the data order, augmentation and dropout.
+    pub seed: u64,
+    /// `flex` (CPU), `wgpu` or `cuda`, as compiled in.
+    pub backend: String,
+    /// Also write a checkpoint every N steps (0: only at the end of each epoch).
+    pub checkpoint_every: usize,
+    /// Data-loading threads (0: load in the training thread).
+    pub workers: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetKind::FashionMnist,
+            data_dir: None,
+            rgb32: false,
+            model: "small".into(),
+            mdeq: None,
+            backward: "shine".into(),
+            solver: "broyden".into(),
+            solver_memory: 30,
+            forward_iters: 18,
+            eval_iters: 30,
+            tol: 1e-3,
+            pretrain_steps: 200,
+            epochs: 4,
+            batch_size: 32,
+            eval_batch_size: 200,
+            lr: 2e-3,
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+            augment: None,
+            train_limit: 0,
+            test_limit: 0,
+            seed: 0,
+            backend: "flex".into(),
+            checkpoint_every: 0,
+            workers: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; unknown keys and wrong types are errors naming the file and key.
+    pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            problem: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a TrainConfig always serialises")
+    }
+
+    /// The model architecture: `mdeq` if given, else the preset `model`.
+    pub fn model_config(&self) -> Result<MdeqConfig, TrainError> {
+        match &self.mdeq {
+            Some(config) => Ok(config.clone()),
+            None => MdeqConfig::preset(&self.model).map_err(TrainError::from),
+        }
+    }
+
+    /// The parsed backward mode.
+    pub fn backward_mode(&self) -> Result<BackwardMode, TrainError> {
+        self.backward
+            .parse()
+            .map_err(|e: deq_core::ParseModeError| {
+                TrainError::config("backward", &self.backward, e.to_string())
+            })
+    }
+
+    /// The forward solver.
+    pub fn solver_kind(&self) -> Result<SolverKind, TrainError> {
+        match self.solver.as_str() {
+            "broyden" => Ok(SolverKind::broyden(self.solver_memory)),
+            "anderson" => Ok(SolverKind::anderson(self.solver_memory)),
+            "fixed-point" | "fixed_point" => Ok(SolverKind::fixed_point()),
+            other => Err(TrainError::config(
+                "solver",
+                other,
+                "expected broyden, anderson or fixed-point",
+            )),
+        }
+    }
+
+    /// The DEQ layer's settings.
+    pub fn deq_config(&self) -> Result<DeqConfig, TrainError> {
+        Ok(DeqConfig::new(
+            SolverConfig::new(self.solver_kind()?)
+                .with_max_iter(self.forward_iters)
+                .with_eval_max_iter(Some(self.eval_iters))
+                .with_tol(self.tol),
+        )
+        .with_backward(self.backward_mode()?))
+    }
+
+    /// The training augmentation.
+    pub fn augmentation(&self) -> Augment {
+        if self.augment.unwrap_or(self.dataset == DatasetKind::Cifar10) {
+            Augment {
+                crop_padding: 4,
+                flip: true,
+            }
+        } else {
+            Augment::NONE
+        }
+    }
+
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        for (field, value) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("eval_batch_size", self.eval_batch_size),
+            ("forward_iters", self.forward_iters),
+            ("eval_iters", self.eval_iters),
+        ] {
+            if value == 0 {
+                return Err(TrainError::config(field, value, "must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TrainError::config(
+                "lr",
+                self.lr,
+                "must be a finite number > 0",
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(TrainError::config(
+                "weight_decay",
+                self.weight_decay,
+                "must be a finite number ≥ 0",
+            ));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(TrainError::config(
+                "grad_clip",
+                self.grad_clip,
+                "must be a finite number ≥ 0 (0 turns clipping off)",
+            ));
+        }
+        if !(self.tol.is_finite() && self.tol > 0.0) {
+            return Err(TrainError::config(
+                "tol",
+                self.tol,
+                "must be a finite number > 0",
+            ));
+        }
+        let model = self.model_config()?;
+        model.validate()?;
+        if self.rgb32 && self.dataset == DatasetKind::Cifar10 {
+            return Err(TrainError::config(
+                "rgb32",
+                true,
+                "only applies to the 28×28 grey datasets (fashion-mnist, mnist)",
+            ));
+        }
+        self.deq_config()?.init()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! The metrics log: one JSON object per line (`metrics.jsonl`), a `step` record per optimiser
+//! step and an `epoch` record per evaluation.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::fsio::write_atomic;
+
+/// One optimiser step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Global step (1-based).
+    pub step: usize,
+    /// `pretrain` (unrolled) or `deq`.
+    pub phase: String,
+    /// Mean cross-entropy of the batch.
+    pub loss: f64,
+    /// Accuracy on the batch.
+    pub accuracy: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean forward solver iterations per sample (0 in pretraining).
+    pub forward_iters: f64,
+    /// Largest relative residual of the batch's forward solve (0 in pretraining).
+    pub max_residual: f64,
+    /// Samples whose forward solve converged.
+    pub converged: usize,
+    /// Samples whose forward solve diverged or went non-finite.
+    pub diverged: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Wall time of the forward pass, ms.
+    pub forward_ms: f64,
+    /// Wall time of the backward pass, ms.
+    pub backward_ms: f64,
+    /// Samples whose SHINE estimate fell back to the Jacobian-free direction.
+    pub fallbacks: usize,
+}
+
+/// One evaluation on the test split, at the end of an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Global step at the end of the epoch.
+    pub step: usize,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (with dropout and augmentation).
+    pub train_accuracy: f64,
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// Mean forward iterations on the test split.
+    pub test_forward_iters: f64,
+    /// Fraction of test samples whose forward solve converged.
+    pub test_converged: f64,
+    /// Median backward time of the epoch's steps, ms.
+    pub median_backward_ms: f64,
+    /// Training time so far (excluding evaluation), s.
+    pub elapsed_s: f64,
+}
+
+/// A line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MetricsLine {
+    /// A step.
+    Step(StepRecord),
+    /// An epoch.
+    Epoch(EpochRecord),
+}
+
+impl MetricsLine {
+    /// The global step the line belongs to.
+    pub fn step(&self) -> usize {
+        match self {
+            Self::Step(s) => s.step,
+            Self::Epoch(e) => e.step,
+        }
+    }
+}
+
+/// Appends lines to `metrics.jsonl`, flushing each.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens the log of run folder `run` for appending, first dropping the lines after step
+    /// `keep_until` (a resumed run replays those steps). `keep_until = 0` starts a new log.
+    pub fn open(run: &Path, keep_until: usize) -> Result<Self, TrainError> {
+        let path = run.join("metrics.jsonl");
+        let kept: Vec<MetricsLine> = if keep_until == 0 {
+            Vec::new()
+        } else {
+            read_metrics(&path)?
+                .into_iter()
+                .filter(|l| l.step() <= keep_until)
+                .collect()
+        };
+        let mut text = String::new();
+        for line in &kept {
+            text.push_str(&serde_json::to_string(line).expect("metrics serialise"));
+            text.push('\n');
+        }
+        write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends one line.
+    pub fn write(&mut self, line: &MetricsLine) -> Result<(), TrainError> {
+        let mut text = serde_json::to_string(line).expect("metrics serialise");
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Reads a metrics log. A last line cut short by a kill is ignored; any other bad line is an
+/// error naming the file and line.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(parsed) => out.push(parsed),
+            Err(_) if i + 1 == lines.len() && !complete => break,
+            Err(e) => {
+                return Err(TrainError::ConfigFile {
+                    path: path.to_path_buf(),
+                    problem: format!("line {}: {e}", i + 1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,326 @@
+//! `deq-train train / eval / plot` end to end on a small slice of the bundled data: outputs,
+//! interruption and resumption (same parameters as an uninterrupted run), and bad input.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_deq-train");
+
+/// A few seconds of training: 96 images, batches of 16 (6 steps per epoch), 2 epochs.
+const QUICK: &[&str] = &[
+    "--train-limit",
+    "96",
+    "--test-limit",
+    "48",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "48",
+    "--epochs",
+    "2",
+    "--pretrain-steps",
+    "3",
+    "--forward-iters",
+    "6",
+    "--eval-iters",
+    "6",
+    "--quiet",
+];
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deq-train-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("deq-train runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "deq-train {args:?} failed:\n{text}");
+    text
+}
+
+fn fails(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "deq-train {args:?} should fail");
+    assert!(
+        !text.contains("panicked"),
+        "deq-train {args:?} panicked:\n{text}"
+    );
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "error of {args:?} does not say `{needle}`:\n{text}"
+        );
+    }
+}
+
+fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--out", out];
+    args.extend_from_slice(QUICK);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The newest checkpoint's name and parameter values.
+fn final_model(run: &Path) -> (String, Vec<(String, Vec<f32>)>) {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("step-")
+        })
+        .collect();
+    dirs.sort();
+    let dir = dirs.pop().expect("a checkpoint");
+    (
+        dir.file_name().unwrap().to_string_lossy().into_owned(),
+        deq_train::train::checkpoint_parameters(&dir).unwrap(),
+    )
+}
+
+/// Asserts two checkpoints hold the same step and bit-identical parameters, naming the first
+/// tensor that differs (without printing thousands of values).
+fn assert_same(
+    a: &(String, Vec<(String, Vec<f32>)>),
+    b: &(String, Vec<(String, Vec<f32>)>),
+    what: &str,
+) {
+    assert_eq!(a.0, b.0, "{what}: checkpoint step");
+    assert_eq!(a.1.len(), b.1.len(), "{what}: tensor count");
+    for ((name, x), (other, y)) in a.1.iter().zip(&b.1) {
+        assert_eq!(name, other, "{what}: tensor order");
+        let first = x
+            .iter()
+            .zip(y)
+            .position(|(u, v)| u.to_bits() != v.to_bits());
+        assert!(
+            x.len() == y.len() && first.is_none(),
+            "{what}: {name} differs at {first:?} ({:?} vs {:?})",
+            first.map(|i| x[i]),
+            first.map(|i| y[i])
+        );
+    }
+}
+
+#[test]
+fn trains_evaluates_and_plots() {
+    let dir = temp_dir("basic");
+    let out = dir.join("run");
+    let out_s = out.to_str().unwrap();
+    let text = ok(&train_args(out_s, &["--backward", "shine:fallback=1.8"]));
+    assert!(text.contains("done: test accuracy"), "{text}");
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "training.png",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let metrics = deq_train::train::read_metrics(&out.join("metrics.jsonl")).unwrap();
+    let epochs = metrics
+        .iter()
+        .filter(|l| matches!(l, deq_train::train::MetricsLine::Epoch(_)))
+        .count();
+    assert_eq!((metrics.len(), epochs), (14, 2));
+    // The written config reproduces the run's settings.
+    let config = deq_train::train::TrainConfig::from_toml_file(&out.join("config.toml")).unwrap();
+    assert_eq!(
+        (
+            config.backward.as_str(),
+            config.batch_size,
+            config.train_limit
+        ),
+        ("shine:fallback=1.8", 16, 96)
+    );
+
+    let eval = ok(&["eval", out_s, "--json"]);
+    let result: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(result["images"], 48);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        result["accuracy"], summary["test_accuracy"],
+        "eval reproduces the run's last evaluation"
+    );
+
+    // A second run with another mode, then the accuracy-vs-backward-time figure.
+    let other = dir.join("run-jfb");
+    ok(&train_args(other.to_str().unwrap(), &["--backward", "jfb"]));
+    let figure = dir.join("modes.png");
+    ok(&[
+        "plot",
+        out_s,
+        other.to_str().unwrap(),
+        "--out",
+        figure.to_str().unwrap(),
+    ]);
+    assert!(std::fs::metadata(&figure).unwrap().len() > 1000);
+}
+
+#[test]
+fn resume_after_stop_matches_uninterrupted_run() {
+    let dir = temp_dir("resume");
+    let straight = dir.join("straight");
+    ok(&train_args(straight.to_str().unwrap(), &[]));
+    let reference = final_model(&straight);
+    assert_eq!(reference.0, "step-00000012");
+
+    // Stopped mid-epoch (step 4 of 6), then at an epoch boundary (step 6 ends epoch 1)
+    // and during pretraining (step 2).
+    for stops in [&["4"][..], &["6"], &["2", "9"]] {
+        let resumed = dir.join(format!("stopped-{}", stops.join("-")));
+        let path = resumed.to_str().unwrap();
+        let first = ok(&train_args(path, &["--stop-after", stops[0]]));
+        assert!(first.contains("stopped after step"), "{first}");
+        for stop in &stops[1..] {
+            ok(&[
+                "train",
+                "--out",
+                path,
+                "--resume",
+                "--quiet",
+                "--stop-after",
+                stop,
+            ]);
+        }
+        ok(&["train", "--out", path, "--resume", "--quiet"]);
+        assert_same(
+            &final_model(&resumed),
+            &reference,
+            &format!("stops at {stops:?}"),
+        );
+        let metrics = deq_train::train::read_metrics(&resumed.join("metrics.jsonl")).unwrap();
+        let steps: Vec<usize> = metrics.iter().map(|l| l.step()).collect();
+        let reference_steps: Vec<usize> =
+            deq_train::train::read_metrics(&straight.join("metrics.jsonl"))
+                .unwrap()
+                .iter()
+                .map(|l| l.step())
+                .collect();
+        assert_eq!(steps, reference_steps, "the resumed log has each step once");
+    }
+}
+
+#[test]
+fn sigkill_then_resume_matches_uninterrupted_run() {
+    let dir = temp_dir("kill");
+    let straight = dir.join("straight");
+    ok(&train_args(
+        straight.to_str().unwrap(),
+        &["--checkpoint-every", "1"],
+    ));
+    let reference = final_model(&straight);
+
+    let killed = dir.join("killed");
+    let path = killed.to_str().unwrap();
+    let mut child = Command::new(BIN)
+        .args(train_args(path, &["--checkpoint-every", "1"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill as soon as the third checkpoint exists (mid-run, while training goes on).
+    let started = Instant::now();
+    while !killed.join("checkpoints").join("step-00000003").is_dir() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = ok(&["train", "--out", path, "--resume", "--quiet"]);
+    assert!(resumed.contains("done"), "{resumed}");
+    assert_same(&final_model(&killed), &reference, "killed at step 3");
+}
+
+#[test]
+fn bad_input_gives_named_errors() {
+    let dir = temp_dir("bad");
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    fails(&["train", "--out", o, "--lr", "0"], &["lr", "0"]);
+    fails(&["train", "--out", o, "--batch-size", "0"], &["batch_size"]);
+    fails(&["train", "--out", o, "--epochs=-1"], &["--epochs", "-1"]);
+    fails(
+        &["train", "--out", o, "--backward", "shine:refin=2"],
+        &["backward", "refin"],
+    );
+    fails(
+        &["train", "--out", o, "--backward", "magic"],
+        &["backward", "magic"],
+    );
+    fails(
+        &["train", "--out", o, "--solver", "newton"],
+        &["solver", "newton"],
+    );
+    fails(&["train", "--out", o, "--backend", "metal"], &["metal"]);
+    fails(
+        &["train", "--out", o, "--data-dir", "/nonexistent/fm"],
+        &["/nonexistent/fm", "not found"],
+    );
+    fails(
+        &["train", "--out", o, "--model", "tiny"],
+        &["model", "rgb32"],
+    );
+    fails(&["train", "--out", o, "--dataset", "svhn"], &["svhn"]);
+    let toml = dir.join("bad.toml");
+    std::fs::write(&toml, "epochs = 2\nlearning_rate = 0.1\n").unwrap();
+    fails(
+        &["train", "--out", o, "--config", toml.to_str().unwrap()],
+        &["bad.toml", "learning_rate"],
+    );
+    std::fs::write(&toml, "epochs = \"two\"\n").unwrap();
+    fails(
+        &["train", "--out", o, "--config", toml.to_str().unwrap()],
+        &["bad.toml", "epochs"],
+    );
+    fails(&["train", "--out", o, "--resume"], &["no checkpoint"]);
+    assert!(
+        !out.join("config.toml").exists(),
+        "nothing written by refused runs"
+    );
+
+    // An existing run is neither overwritten nor resumed with other settings.
+    ok(&train_args(o, &["--stop-after", "2"]));
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    fails(&train_args(o, &[]), &["already holds a run", "--force"]);
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    fails(
+        &["train", "--out", o, "--resume", "--lr", "0.5"],
+        &["other settings", "lr"],
+    );
+    // A damaged checkpoint is named.
+    let (name, _) = final_model(&out);
+    let model = out.join("checkpoints").join(&name).join("model.bpk");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["train", "--out", o, "--resume"], &["model.bpk"]);
+    let state = out.join("checkpoints").join(&name).join("state.json");
+    let text = std::fs::read_to_string(&state)
+        .unwrap()
+        .replace("\"format\": 1", "\"format\": 99");
+    std::fs::write(&state, text).unwrap();
+    fails(&["eval", o], &["state.json", "format 99"]);
+    ok(&train_args(o, &["--force", "--stop-after", "1"]));
+}
