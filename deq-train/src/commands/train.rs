@@ -38,7 +38,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
     /// Data folder (IDX, CIFAR-10 binary) or archive (CIFAR-10 JPEG `.tar.gz`).
-    #[arg(long)]
+    #[arg(long, visible_alias = "data")]
     pub data_dir: Option<PathBuf>,
     /// Present grey 28×28 images as 3×32×32 (to train `tiny` or `large` on Fashion-MNIST).
     #[arg(long)]

@@ -85,6 +85,7 @@ pub fn plot_training(lines: &[MetricsLine], title: &str, path: &Path) -> anyhow:
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 13))
             .draw()?;
         chart
@@ -119,6 +120,7 @@ pub fn plot_training(lines: &[MetricsLine], title: &str, path: &Path) -> anyhow:
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 13))
             .draw()?;
         chart
@@ -160,12 +162,13 @@ pub fn plot_training(lines: &[MetricsLine], title: &str, path: &Path) -> anyhow:
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 13))
             .draw()?;
         chart.draw_series(
             iters
                 .iter()
-                .map(|&(x, y)| Circle::new((x, y), 1, GREEN.mix(0.6).filled())),
+                .map(|&(x, y)| Circle::new((x, y), 1, RGBColor(0, 130, 60).mix(0.7).filled())),
         )?;
         root.present()
             .with_context(|| format!("writing {}", path.display()))?;
