@@ -324,3 +324,55 @@ fn bad_input_gives_named_errors() {
     fails(&["eval", o], &["state.json", "format 99"]);
     ok(&train_args(o, &["--force", "--stop-after", "1"]));
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_matches() {
+    let dir = temp_dir("sigint");
+    let straight = dir.join("straight");
+    ok(&train_args(straight.to_str().unwrap(), &[]));
+    let reference = final_model(&straight);
+
+    let stopped = dir.join("stopped");
+    let path = stopped.to_str().unwrap();
+    let child = Command::new(BIN)
+        .args(train_args(path, &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the third step is logged (no periodic checkpoints in this run).
+    let metrics = stopped.join("metrics.jsonl");
+    let started = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no steps logged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "interrupted run failed: {text}");
+    assert!(text.contains("stopped after step"), "{text}");
+    assert!(
+        std::fs::read_dir(stopped.join("checkpoints"))
+            .unwrap()
+            .count()
+            >= 1,
+        "Ctrl-C left a checkpoint"
+    );
+    ok(&["train", "--out", path, "--resume", "--quiet"]);
+    assert_same(&final_model(&stopped), &reference, "interrupted by SIGINT");
+    // A finished run has nothing to resume, and its results stay as they are.
+    let summary = std::fs::read(stopped.join("summary.json")).unwrap();
+    fails(&["train", "--out", path, "--resume"], &["already complete"]);
+    assert_eq!(
+        std::fs::read(stopped.join("summary.json")).unwrap(),
+        summary
+    );
+}

@@ -268,6 +268,15 @@ pub fn train(
             });
         };
         let state = read_state(&dir)?;
+        if state.epoch >= config.epochs {
+            return Err(TrainError::Checkpoint {
+                path: dir,
+                problem: format!(
+                    "the run is already complete ({} epochs, {} steps); nothing to resume (raise --epochs only in a new run: the learning-rate schedule depends on it)",
+                    state.epoch, state.step
+                ),
+            });
+        }
         let differences = config_differences(&state.config, config);
         if !differences.is_empty() {
             return Err(TrainError::Checkpoint {
