@@ -214,13 +214,13 @@ fn cifar_binary_reads_and_refuses_malformed_files() {
     short.truncate(CIFAR_RECORD + 100);
     write(&bad, &short);
     assert_error(
-        read_cifar_batches(&[bad.clone()]),
+        read_cifar_batches(std::slice::from_ref(&bad)),
         "test_batch.bin",
         "not a positive multiple",
     );
     write(&bad, &cifar_batch(2, |i| 10 + i as u8));
     assert_error(
-        read_cifar_batches(&[bad.clone()]),
+        read_cifar_batches(std::slice::from_ref(&bad)),
         "test_batch.bin",
         "label 10 of item 0",
     );
