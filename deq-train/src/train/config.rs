@@ -24,8 +24,9 @@ pub struct TrainConfig {
     pub rgb32: bool,
     /// Model preset: `small` (28×28 grey), `tiny` or `large` (3×32×32).
     pub model: String,
-    /// Full architecture; when given it replaces the preset named by `model`.
-    pub mdeq: Option<MdeqConfig>,
+    /// Architecture fields that override the preset named by `model` (a TOML table with
+    /// the keys of `MdeqConfig`, e.g. `channels = [16, 16]`).
+    pub mdeq: Option<toml::Table>,
     /// Backward mode, e.g. `shine`, `shine:fallback=1.8`, `shine:refine=5`, `implicit`, `jfb`,
     /// `phantom:k=5,tau=0.5`, `unrolled`.
     pub backward: String,
@@ -117,12 +118,52 @@ impl TrainConfig {
         toml::to_string(self).expect("a TrainConfig always serialises")
     }
 
-    /// The model architecture: `mdeq` if given, else the preset `model`.
+    /// The model architecture: the preset `model` with the fields of `mdeq` overridden.
     pub fn model_config(&self) -> Result<MdeqConfig, TrainError> {
-        match &self.mdeq {
-            Some(config) => Ok(config.clone()),
-            None => MdeqConfig::preset(&self.model).map_err(TrainError::from),
+        let preset = MdeqConfig::preset(&self.model)?;
+        let Some(overrides) = &self.mdeq else {
+            return Ok(preset);
+        };
+        let mut table = match toml::Value::try_from(&preset) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => unreachable!("an MdeqConfig serialises to a table"),
+        };
+        let known = [
+            "input_channels",
+            "channels",
+            "head_channels",
+            "final_channels",
+            "classes",
+            "groups",
+            "expansion",
+            "dropout",
+            "downsample_times",
+            "injection_transform",
+            "pretrain_layers",
+            "init_std",
+        ];
+        for (key, value) in overrides {
+            if !known.contains(&key.as_str()) {
+                return Err(TrainError::config(
+                    "mdeq",
+                    key,
+                    format!(
+                        "unknown architecture field (expected one of {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            table.insert(key.clone(), value.clone());
         }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                TrainError::config(
+                    "mdeq",
+                    toml::Value::Table(overrides.clone()),
+                    e.message().to_string(),
+                )
+            })
     }
 
     /// The parsed backward mode.

@@ -175,11 +175,7 @@ fn check_shapes(
             } else {
                 "model"
             },
-            if config.mdeq.is_some() {
-                "(table)".to_string()
-            } else {
-                config.model.clone()
-            },
+            config.model.clone(),
             format!(
                 "takes {}-channel images with sides divisible by {divisor}, the data has {c}×{h}×{w}{hint}",
                 model.input_channels
