@@ -275,6 +275,9 @@ fn bad_input_gives_named_errors() {
         &["solver", "newton"],
     );
     fails(&["train", "--out", o, "--backend", "metal"], &["metal"]);
+    if !cfg!(feature = "wgpu") {
+        fails(&["train", "--out", o, "--backend", "wgpu"], &["not compiled", "--features wgpu"]);
+    }
     fails(
         &["train", "--out", o, "--data-dir", "/nonexistent/fm"],
         &["/nonexistent/fm", "not found"],
