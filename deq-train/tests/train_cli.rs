@@ -276,7 +276,10 @@ fn bad_input_gives_named_errors() {
     );
     fails(&["train", "--out", o, "--backend", "metal"], &["metal"]);
     if !cfg!(feature = "wgpu") {
-        fails(&["train", "--out", o, "--backend", "wgpu"], &["not compiled", "--features wgpu"]);
+        fails(
+            &["train", "--out", o, "--backend", "wgpu"],
+            &["not compiled", "--features wgpu"],
+        );
     }
     fails(
         &["train", "--out", o, "--data-dir", "/nonexistent/fm"],
