@@ -163,8 +163,14 @@ fn trains_evaluates_and_plots() {
     );
 
     // A second run with another mode, then the accuracy-vs-backward-time figure.
+    // Without --quiet and with output to a pipe (no terminal), the epoch lines still appear.
     let other = dir.join("run-jfb");
-    ok(&train_args(other.to_str().unwrap(), &["--backward", "jfb"]));
+    let loud: Vec<&str> = train_args(other.to_str().unwrap(), &["--backward", "jfb"])
+        .into_iter()
+        .filter(|a| *a != "--quiet")
+        .collect();
+    let text = ok(&loud);
+    assert!(text.contains("epoch   2  step     12"), "{text}");
     let figure = dir.join("modes.png");
     ok(&[
         "plot",

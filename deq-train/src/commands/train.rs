@@ -233,9 +233,10 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    // `ProgressBar::println` prints nothing while the bar is hidden.
+    // `ProgressBar::println` prints nothing while the bar is hidden (--quiet, or stderr is not
+    // a terminal, e.g. in a log file).
     let say = |bar: &ProgressBar, line: String| {
-        if args.quiet {
+        if bar.is_hidden() {
             println!("{line}");
         } else {
             bar.println(line);
