@@ -322,6 +322,10 @@ fn bad_input_gives_named_errors() {
         &["train", "--out", o, "--resume", "--lr", "0.5"],
         &["other settings", "lr"],
     );
+    fails(
+        &["train", "--out", o, "--resume", "--workers", "2"],
+        &["other settings", "workers"],
+    );
     // A damaged checkpoint is named.
     let (name, _) = final_model(&out);
     let model = out.join("checkpoints").join(&name).join("model.bpk");

@@ -104,7 +104,8 @@ pub struct TrainArgs {
     /// Also checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Data-loading threads.
+    /// Data-loading threads (> 0 changes how batches are composed and is not reproducible
+    /// step for step; exact --resume needs 0, the default).
     #[arg(long)]
     pub workers: Option<usize>,
 }

@@ -186,11 +186,10 @@ pub fn load_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimi
 }
 
 /// Names the settings in which `saved` and `current` differ, ignoring those that do not change
-/// the result (`workers`, `checkpoint_every`, `data_dir`).
+/// the result (`checkpoint_every`, `data_dir`).
 pub fn config_differences(saved: &TrainConfig, current: &TrainConfig) -> Vec<String> {
     let normalise = |c: &TrainConfig| {
         let mut c = c.clone();
-        c.workers = 0;
         c.checkpoint_every = 0;
         c.data_dir = None;
         toml::Value::try_from(c).expect("a TrainConfig always serialises")

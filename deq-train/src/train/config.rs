@@ -67,7 +67,9 @@ pub struct TrainConfig {
     pub backend: String,
     /// Also write a checkpoint every N steps (0: only at the end of each epoch).
     pub checkpoint_every: usize,
-    /// Data-loading threads (0: load in the training thread).
+    /// Data-loading threads (0: load in the training thread). With threads, Burn's loader
+    /// splits the data among them, so batches are composed differently and the run is not
+    /// reproducible step for step; exact resumption needs 0 (the default).
     pub workers: usize,
 }
 
