@@ -9,6 +9,7 @@ use deq_core::bilevel::{
     CsrMatrix, OuterMethod, OuterStep, binary_labels, breast_cancer, fortunes_dataset, grid_search,
     optimize_lambda, random_search, read_libsvm, split_problem, synthetic_sparse,
 };
+use deq_train::stats::median;
 use serde::Serialize;
 
 /// What to run.
@@ -250,16 +251,6 @@ pub fn delivered(method: &str, trace: &[OuterStep]) -> Vec<(f64, f64)> {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
 /// Per seed, the lowest held-out loss that any method reached.
 fn best_per_seed(traces: &BTreeMap<(String, usize), Vec<OuterStep>>, seeds: usize) -> Vec<f64> {
     (0..seeds)
@@ -295,9 +286,11 @@ fn summarise(
             }
             let summary = MethodSummary {
                 seeds_reaching: reach.len(),
-                median_seconds_to_1pct: (2 * reach.len() >= seeds).then(|| median(reach)),
-                median_final_test_loss: median(finals),
-                median_total_seconds: median(totals),
+                median_seconds_to_1pct: (2 * reach.len() >= seeds)
+                    .then(|| median(&mut reach))
+                    .flatten(),
+                median_final_test_loss: median(&mut finals).unwrap_or(f64::NAN),
+                median_total_seconds: median(&mut totals).unwrap_or(f64::NAN),
             };
             (method.clone(), summary)
         })

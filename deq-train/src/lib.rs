@@ -6,4 +6,5 @@
 pub mod backend;
 pub mod data;
 pub mod fsio;
+pub mod stats;
 pub mod train;

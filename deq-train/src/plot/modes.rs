@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
+use deq_train::stats::median;
 use plotters::prelude::*;
 
 /// One finished run: its backward mode, median backward time (ms) and test accuracy (0–1).
@@ -33,8 +34,7 @@ pub fn plot_modes(points: &[ModePoint], title: &str, path: &Path) -> anyhow::Res
             .iter()
             .map(|(mode, runs)| {
                 let mut times: Vec<f64> = runs.iter().map(|r| r.backward_ms).collect();
-                times.sort_by(f64::total_cmp);
-                let time = times[times.len() / 2];
+                let time = median(&mut times).expect("every mode has a run");
                 let n = runs.len() as f64;
                 let mean = runs.iter().map(|r| 100.0 * r.accuracy).sum::<f64>() / n;
                 let var = runs

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use crate::data::{ImageBatcher, ImageDataset, ImageSet};
+use crate::stats::median;
 
 /// Result of [`evaluate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,8 +76,7 @@ pub fn evaluate(
         }
     }
     let max_residual = residuals.iter().copied().fold(0.0, f64::max);
-    residuals.sort_by(f64::total_cmp);
-    let median_residual = residuals.get(residuals.len() / 2).copied().unwrap_or(0.0);
+    let median_residual = median(&mut residuals).unwrap_or(0.0);
     let seen_f = seen.max(1) as f64;
     Ok(EvalResult {
         images: seen,

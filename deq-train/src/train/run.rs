@@ -26,6 +26,7 @@ use super::metrics::{EpochRecord, MetricsLine, MetricsLog, StepRecord};
 use super::{TrainConfig, TrainError};
 use crate::data::{ImageBatch, ImageBatcher, ImageDataset, ImageSet, load_splits, mix};
 use crate::fsio::write_atomic;
+use crate::stats::median;
 
 /// How to run: where, and whether to continue or replace an earlier run there.
 #[derive(Debug, Clone)]
@@ -183,19 +184,6 @@ fn check_shapes(
         ));
     }
     Ok(())
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    Some(if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        0.5 * (values[n / 2 - 1] + values[n / 2])
-    })
 }
 
 fn prepare_out(options: &RunOptions) -> Result<(), TrainError> {
