@@ -36,16 +36,11 @@ pub fn read_cifar_batches(files: &[PathBuf]) -> Result<ImageSet, DataError> {
                 ),
             ));
         }
-        for (index, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
-            if record[0] as usize >= CIFAR10_CLASSES.len() {
-                return Err(DataError::LabelOutOfRange {
-                    path: path.clone(),
-                    index,
-                    label: record[0] as usize,
-                    classes: CIFAR10_CLASSES.len(),
-                });
-            }
-            labels.push(record[0]);
+        let file_labels: Vec<u8> = bytes.chunks_exact(CIFAR_RECORD).map(|r| r[0]).collect();
+        // Checked per file, so that the error names the file and the record within it.
+        super::error::check_labels(path, &file_labels, CIFAR10_CLASSES.len())?;
+        labels.extend(file_labels);
+        for record in bytes.chunks_exact(CIFAR_RECORD) {
             pixels.extend_from_slice(&record[1..]);
         }
     }

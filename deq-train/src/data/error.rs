@@ -58,6 +58,24 @@ pub enum DataError {
     },
 }
 
+/// Checks that every label of `labels` (read from `path`) is below `classes`; the error names
+/// the file, the item and the label.
+pub(crate) fn check_labels(
+    path: &std::path::Path,
+    labels: &[u8],
+    classes: usize,
+) -> Result<(), DataError> {
+    match labels.iter().position(|&l| l as usize >= classes) {
+        Some(index) => Err(DataError::LabelOutOfRange {
+            path: path.to_path_buf(),
+            index,
+            label: labels[index] as usize,
+            classes,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl DataError {
     pub(crate) fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Self::Format {

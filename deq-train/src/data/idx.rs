@@ -111,18 +111,8 @@ pub fn read_idx_pair(
             labels: label_dims[0],
         });
     }
-    if let Some((index, &label)) = label_bytes
-        .iter()
-        .enumerate()
-        .find(|&(_, &l)| l as usize >= classes.len())
-    {
-        return Err(DataError::LabelOutOfRange {
-            path: labels.to_path_buf(),
-            index,
-            label: label as usize,
-            classes: classes.len(),
-        });
-    }
+    // Checked here so that the error names the label file.
+    super::error::check_labels(labels, &label_bytes, classes.len())?;
     ImageSet::new(
         images,
         [1, dims[1], dims[2]],

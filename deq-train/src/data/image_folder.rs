@@ -49,9 +49,16 @@ fn split_of(path: &Path) -> Option<(bool, String, String)> {
     Some((train, parts[n - 2].to_string(), parts[n - 1].to_string()))
 }
 
-fn decode(origin: &Path, entry: &str, bytes: &[u8]) -> Result<((u32, u32), Vec<u8>), DataError> {
+/// Decodes the image `bytes` found at `place` (split, class, name, from [`split_of`]); errors
+/// name `origin` and the entry as `shown`.
+fn decode(
+    origin: &Path,
+    shown: &str,
+    (train, class, name): (bool, String, String),
+    bytes: &[u8],
+) -> Result<Entry, DataError> {
     let image = image::load_from_memory(bytes)
-        .map_err(|e| DataError::format(origin, format!("{entry}: cannot decode image: {e}")))?
+        .map_err(|e| DataError::format(origin, format!("{shown}: cannot decode image: {e}")))?
         .to_rgb8();
     let (w, h) = image.dimensions();
     let plane = (w * h) as usize;
@@ -61,7 +68,13 @@ fn decode(origin: &Path, entry: &str, bytes: &[u8]) -> Result<((u32, u32), Vec<u
             planes[c * plane + i] = pixel.0[c];
         }
     }
-    Ok(((w, h), planes))
+    Ok(Entry {
+        train,
+        class,
+        name,
+        size: (w, h),
+        planes,
+    })
 }
 
 /// Reads a folder or a `.tar`, `.tar.gz` / `.tgz` archive of class-named image folders.
@@ -84,19 +97,12 @@ pub fn read_image_folders(path: &Path) -> Result<FolderSplits, DataError> {
         for item in archive.entries().map_err(bad)? {
             let mut item = item.map_err(bad)?;
             let entry_path = item.path().map_err(bad)?.into_owned();
-            let Some((train, class, name)) = split_of(&entry_path) else {
+            let Some(place) = split_of(&entry_path) else {
                 continue;
             };
             let mut bytes = Vec::with_capacity(item.size() as usize);
             item.read_to_end(&mut bytes).map_err(bad)?;
-            let (size, planes) = decode(path, &entry_path.to_string_lossy(), &bytes)?;
-            entries.push(Entry {
-                train,
-                class,
-                name,
-                size,
-                planes,
-            });
+            entries.push(decode(path, &entry_path.to_string_lossy(), place, &bytes)?);
         }
     } else {
         return Err(DataError::Missing {
@@ -114,18 +120,10 @@ fn read_dir_tree(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> Result<()
         let path = item.path();
         if path.is_dir() {
             read_dir_tree(root, &path, entries)?;
-        } else if let Some((train, class, name)) =
-            split_of(path.strip_prefix(root).unwrap_or(&path))
-        {
+        } else if let Some(place) = split_of(path.strip_prefix(root).unwrap_or(&path)) {
             let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
-            let (size, planes) = decode(&path, &name, &bytes)?;
-            entries.push(Entry {
-                train,
-                class,
-                name,
-                size,
-                planes,
-            });
+            let shown = place.2.clone();
+            entries.push(decode(&path, &shown, place, &bytes)?);
         }
     }
     Ok(())

@@ -44,18 +44,7 @@ impl ImageSet {
                 ),
             ));
         }
-        if let Some((index, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|&(_, &l)| l as usize >= classes.len())
-        {
-            return Err(DataError::LabelOutOfRange {
-                path: origin.to_path_buf(),
-                index,
-                label: label as usize,
-                classes: classes.len(),
-            });
-        }
+        super::error::check_labels(origin, &labels, classes.len())?;
         Ok(Self {
             channels,
             height,
