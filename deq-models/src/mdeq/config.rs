@@ -97,6 +97,12 @@ impl MdeqConfig {
         size_divisor(self.downsample_times, self.branches())
     }
 
+    /// Checks that images of `[channels, height, width]` fit the model: the configured channel
+    /// count, and height and width positive multiples of [`MdeqConfig::size_divisor`].
+    pub fn check_image_shape(&self, shape: [usize; 3]) -> Result<(), ModelError> {
+        check_image_shape(self.input_channels, self.size_divisor(), shape)
+    }
+
     /// Checks every field; the error names the offending one.
     pub fn validate(&self) -> Result<(), ModelError> {
         let fail = |field: &'static str, value: String, reason: String| {
@@ -186,6 +192,29 @@ impl MdeqConfig {
         }
         Ok(())
     }
+}
+
+/// See [`MdeqConfig::check_image_shape`]; shared with [`crate::Mdeq::check_input`].
+pub(crate) fn check_image_shape(
+    input_channels: usize,
+    divisor: usize,
+    [c, h, w]: [usize; 3],
+) -> Result<(), ModelError> {
+    if c != input_channels {
+        return Err(ModelError::Input {
+            what: "channel count",
+            expected: input_channels.to_string(),
+            found: format!("{c} (image shape {c}×{h}×{w})"),
+        });
+    }
+    if h == 0 || w == 0 || h % divisor != 0 || w % divisor != 0 {
+        return Err(ModelError::Input {
+            what: "spatial size",
+            expected: format!("height and width positive multiples of {divisor}"),
+            found: format!("{h}×{w}"),
+        });
+    }
+    Ok(())
 }
 
 /// `2^(downsample_times + branches − 1)`: the stem halves the input `downsample_times` times and

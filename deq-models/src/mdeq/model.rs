@@ -94,22 +94,11 @@ impl Mdeq {
                 found: "0".into(),
             });
         }
-        if channels != self.input_channels {
-            return Err(ModelError::Input {
-                what: "channel count",
-                expected: self.input_channels.to_string(),
-                found: format!("{channels} (input shape {:?})", x.dims()),
-            });
-        }
-        let divisor = super::config::size_divisor(self.downsample_times, self.channels.len());
-        if h == 0 || w == 0 || h % divisor != 0 || w % divisor != 0 {
-            return Err(ModelError::Input {
-                what: "spatial size",
-                expected: format!("height and width positive multiples of {divisor}"),
-                found: format!("{h}×{w}"),
-            });
-        }
-        Ok(())
+        super::config::check_image_shape(
+            self.input_channels,
+            super::config::size_divisor(self.downsample_times, self.channels.len()),
+            [channels, h, w],
+        )
     }
 
     /// f frozen for one forward pass on inputs like `x` (weights normalised, dropout masks

@@ -81,6 +81,11 @@ impl TrainError {
         }
     }
 
+    /// A batch of `set` that the data loader could not produce.
+    pub(crate) fn loading(set: &crate::data::ImageSet, error: impl std::fmt::Display) -> Self {
+        Self::Data(DataError::format(set.origin(), error.to_string()))
+    }
+
     pub(crate) fn config(
         field: &'static str,
         value: impl ToString,

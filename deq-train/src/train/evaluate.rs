@@ -50,9 +50,7 @@ pub fn evaluate(
     let (mut iterations, mut max_iterations, mut converged) = (0usize, 0usize, 0usize);
     let mut residuals = Vec::with_capacity(set.len());
     for batch in loader.iter() {
-        let batch = batch.map_err(|e| {
-            TrainError::Data(crate::data::DataError::format(set.origin(), e.to_string()))
-        })?;
+        let batch = batch.map_err(|e| TrainError::loading(set, e))?;
         let n = batch.labels.dims()[0];
         let output = model.forward(batch.images, MdeqMode::Equilibrium(deq))?;
         loss_sum += loss_fn

@@ -54,6 +54,12 @@ impl RunOptions {
             stop_after: None,
         }
     }
+
+    /// Whether the run should stop (with a checkpoint) once `step` steps are done: on request
+    /// through `stop`, or at `stop_after`.
+    pub fn should_stop(&self, step: usize) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.stop_after.is_some_and(|s| step >= s)
+    }
 }
 
 /// What the loop reports as it goes (the library does not print; the CLI shows these).
@@ -162,28 +168,19 @@ fn check_shapes(
     model: &deq_models::MdeqConfig,
     set: &ImageSet,
 ) -> Result<(), TrainError> {
-    let [c, h, w] = set.shape();
-    let divisor = model.size_divisor();
-    if c != model.input_channels || h % divisor != 0 || w % divisor != 0 {
-        let hint = if c == 1 && model.input_channels == 3 {
+    model.check_image_shape(set.shape()).map_err(|e| {
+        let hint = if set.shape()[0] == 1 && model.input_channels == 3 {
             " (set rgb32 = true / pass --rgb32 to train a 3-channel model on grey images)"
         } else {
             ""
         };
-        return Err(TrainError::config(
-            if config.mdeq.is_some() {
-                "mdeq"
-            } else {
-                "model"
-            },
-            config.model.clone(),
-            format!(
-                "takes {}-channel images with sides divisible by {divisor}, the data has {c}×{h}×{w}{hint}",
-                model.input_channels
-            ),
-        ));
-    }
-    Ok(())
+        let field = if config.mdeq.is_some() {
+            "mdeq"
+        } else {
+            "model"
+        };
+        TrainError::config(field, config.model.clone(), format!("{e}{hint}"))
+    })
 }
 
 fn prepare_out(options: &RunOptions) -> Result<(), TrainError> {
@@ -381,12 +378,7 @@ pub fn train(
             .build(dataset);
         let mut epoch_backward = Vec::new();
         for batch in loader.iter() {
-            let batch = batch.map_err(|e| {
-                TrainError::Data(crate::data::DataError::format(
-                    data.train.origin(),
-                    e.to_string(),
-                ))
-            })?;
+            let batch = batch.map_err(|e| TrainError::loading(&data.train, e))?;
             let started = Instant::now();
             step += 1;
             device.seed(mix(config.seed ^ 0x5eed, step as u64));
@@ -457,8 +449,7 @@ pub fn train(
             };
             log.write(&MetricsLine::Step(record.clone()))?;
             observe(RunEvent::Step(&record));
-            let stop = options.stop.load(Ordering::SeqCst)
-                || options.stop_after.is_some_and(|s| step >= s);
+            let stop = options.should_stop(step);
             let periodic = config.checkpoint_every > 0 && step % config.checkpoint_every == 0;
             if (stop || periodic) && batches_done < batches_per_epoch {
                 let dir = save(&model, &optim, epoch, batches_done, step, elapsed, totals)?;
@@ -507,9 +498,7 @@ pub fn train(
         epoch += 1;
         batches_done = 0;
         totals = EpochTotals::default();
-        let stop =
-            options.stop.load(Ordering::SeqCst) || options.stop_after.is_some_and(|s| step >= s);
-        if stop && epoch < config.epochs {
+        if options.should_stop(step) && epoch < config.epochs {
             return Ok(summary(
                 false,
                 step,
