@@ -5,7 +5,7 @@
 //! median time of the Broyden loop and of one evaluation of f.
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use deq_core::{SolverConfig, SolverKind};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -20,7 +20,7 @@ fn main() {
         .collect();
     let get = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
     let (batch, dim, memory, iters) = (get(0, 32), get(1, 30720), get(2, 30), get(3, 20));
-    let device = Device::default();
+    let device = deq_core::device::cpu();
     let x = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
     let f = |z: Tensor<2>| (z * 0.9 + x.clone()).tanh();
     let config = SolverConfig::new(SolverKind::broyden(memory))

@@ -42,7 +42,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut device = Device::default();
+    let mut device = deq_core::device::cpu();
     device
         .configure(FloatDType::F64)
         .map_err(|e| anyhow::anyhow!("cannot use f64 on {device:?}: {e:?}"))?;

@@ -47,6 +47,7 @@ pub mod backward;
 pub mod bilevel;
 pub mod dense;
 mod deq;
+pub mod device;
 mod error;
 mod function;
 pub mod solver;

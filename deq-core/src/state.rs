@@ -96,11 +96,11 @@ impl StateShape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::Distribution;
 
     #[test]
     fn flatten_round_trips_and_checks_shapes() {
-        let device = Device::default();
+        let device = crate::device::cpu();
         let branches = vec![
             Tensor::<4>::random([3, 4, 8, 8], Distribution::Default, &device),
             Tensor::<4>::random([3, 6, 4, 4], Distribution::Default, &device),

@@ -93,7 +93,7 @@ fn batch(device: &Device, step: usize) -> (Tensor<2>, Tensor<2>) {
 /// reduce the loss.
 #[test]
 fn every_mode_trains_every_part() {
-    let device = Device::default().autodiff();
+    let device = deq_core::device::cpu().autodiff();
     for mode in all_modes() {
         device.seed(3);
         let mut model = SmallDeq::new(8, 24, 4, &device);
@@ -143,7 +143,7 @@ fn rss() -> usize {
 /// ≥ 2 MB of Broyden factors alive).
 #[test]
 fn memory_stays_flat_over_500_steps() {
-    let device = Device::default().autodiff();
+    let device = deq_core::device::cpu().autodiff();
     for mode in [
         BackwardMode::Implicit {
             solver: SolverKind::broyden(20),

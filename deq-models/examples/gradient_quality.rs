@@ -12,7 +12,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 use clap::Parser;
 use deq_core::{BackwardMode, DeqConfig, DeqFunction, SolverConfig, SolverKind};
 use deq_models::{Mdeq, MdeqConfig, MdeqMode};
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let config = MdeqConfig::preset(&args.config)?;
     let size = if config.input_channels == 1 { 28 } else { 32 };
     let pixels = config.input_channels * size * size;
-    let device = Device::default().autodiff();
+    let device = deq_core::device::cpu().autodiff();
     let plain = device.clone().inner();
     device.seed(args.seed);
     let mut model = config.init(&device)?;
@@ -166,7 +166,7 @@ fn report_convergence(
     step: usize,
 ) -> anyhow::Result<()> {
     let eval = model.valid();
-    let device = Device::default();
+    let device = deq_core::device::cpu();
     let x = Tensor::<4>::random(
         [4, config.input_channels, size, size],
         Distribution::Normal(0.0, 1.0),

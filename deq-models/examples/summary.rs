@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p deq-models --example summary -- --config tiny
 //! ```
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind};
 use deq_models::{MdeqConfig, MdeqMode, trainable_params};
@@ -29,7 +29,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = MdeqConfig::preset(&args.config)?;
-    let device = Device::default();
+    let device = deq_core::device::cpu();
     let model = config.init(&device)?;
     if !args.no_tree {
         println!("{model}");

@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn shapes_and_gradients() {
-        let device = Device::default().autodiff();
+        let device = deq_core::device::cpu().autodiff();
         let model = DenseDeqConfig::new(5, 12, 3).init(&device);
         let deq = DeqConfig::broyden(BackwardMode::shine()).init().unwrap();
         for batch in [1, 7] {

@@ -21,7 +21,7 @@ fn size_of(config: &MdeqConfig) -> usize {
 /// Must-show 1: trainable parameter counts equal our count of the reference code.
 #[test]
 fn parameter_counts_match_the_reference() {
-    let device = Device::default();
+    let device = deq_core::device::cpu();
     let tiny = MdeqConfig::tiny().init(&device).unwrap();
     assert_eq!(trainable_params(&tiny), 158_890);
     assert_eq!(trainable_params(&tiny.stem), 5_928);
@@ -37,7 +37,7 @@ fn parameter_counts_match_the_reference() {
 /// halve per branch.
 #[test]
 fn shapes_for_every_config() {
-    let device = Device::default();
+    let device = deq_core::device::cpu();
     for config in [MdeqConfig::tiny(), MdeqConfig::large(), MdeqConfig::small()] {
         let model = config.init(&device).unwrap();
         let size = size_of(&config);
@@ -65,7 +65,7 @@ fn shapes_for_every_config() {
 /// between training passes; evaluation is deterministic.
 #[test]
 fn dropout_and_weight_norm_are_frozen_per_pass() {
-    let device = Device::default().autodiff();
+    let device = deq_core::device::cpu().autodiff();
     let config = MdeqConfig::tiny();
     let model = config.init(&device).unwrap();
     let x = input(&config, 3, 32, &device);
@@ -116,7 +116,7 @@ fn dropout_and_weight_norm_are_frozen_per_pass() {
 /// Bad input and inconsistent configs give errors naming the problem.
 #[test]
 fn bad_input_and_configs_are_errors() {
-    let device = Device::default();
+    let device = deq_core::device::cpu();
     let model = MdeqConfig::tiny().init(&device).unwrap();
     let unrolled = MdeqMode::Unrolled { layers: 1 };
     let err = model
@@ -201,7 +201,7 @@ fn bad_input_and_configs_are_errors() {
 /// `small` runs and changes the parameters of the stem, f and the head.
 #[test]
 fn one_step_with_every_backward_mode_changes_the_parameters() {
-    let device = Device::default().autodiff();
+    let device = deq_core::device::cpu().autodiff();
     let modes = [
         "implicit:max_iter=4",
         "shine",

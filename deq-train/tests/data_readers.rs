@@ -311,7 +311,7 @@ fn batcher_normalises_and_augments_deterministically() {
     .unwrap();
     let set = splits.train;
     let (mean, std) = set.channel_stats();
-    let device = burn::tensor::Device::default();
+    let device = deq_core::device::cpu();
     let plain = ImageBatcher::new(set.shape(), &mean, &std, Augment::NONE);
     let items: Vec<_> = (0..set.len())
         .map(|i| ImageDataset::new(set.clone(), 3).get(i).unwrap())

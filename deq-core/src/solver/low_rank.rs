@@ -404,12 +404,12 @@ fn low_rank_product(a: &Tensor<3>, c: &Tensor<3>, x: Tensor<2>) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{DType, Device};
+    use burn::tensor::DType;
 
     fn t(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
         Tensor::from_data(
             TensorData::new(values, shape),
-            (&Device::default(), DType::F32),
+            (&crate::device::cpu(), DType::F32),
         )
     }
 

@@ -11,7 +11,7 @@ pub fn device() -> Device {
     static DEVICE: OnceLock<Device> = OnceLock::new();
     DEVICE
         .get_or_init(|| {
-            let mut device = Device::default();
+            let mut device = deq_core::device::cpu();
             if device.configure(FloatDType::F64).is_err() {
                 assert_eq!(
                     device.settings().float_dtype,

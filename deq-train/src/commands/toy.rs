@@ -4,7 +4,7 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind};
 use deq_models::DenseDeqConfig;
 
@@ -21,7 +21,7 @@ pub fn toy(
     lr: f64,
     seed: u64,
 ) -> anyhow::Result<()> {
-    let device = Device::default().autodiff();
+    let device = deq_core::device::cpu().autodiff();
     device.seed(seed);
     let teacher = Tensor::<2>::random(
         [INPUT, CLASSES],
