@@ -4,6 +4,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
+pub mod crosscheck;
 pub mod data;
 pub mod fsio;
 pub mod stats;

@@ -8,7 +8,7 @@ mod plot;
 use clap::{Parser, Subcommand};
 use deq_core::BackwardMode;
 
-use commands::{EvalArgs, PlotArgs, TrainArgs};
+use commands::{BenchArgs, CrossCheckArgs, DemoArgs, EvalArgs, PlotArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,15 @@ enum Command {
     Eval(EvalArgs),
     /// Figures from runs: one run → its training curves; several → accuracy vs backward time.
     Plot(PlotArgs),
+    /// Time the backward modes (and the forward solve, a training step and the solver's
+    /// bookkeeping) on an MDEQ with random batches; `--json` writes the report.
+    Bench(Box<BenchArgs>),
+    /// Compare gradients on two backends (default: wgpu against flex): every backward mode on
+    /// the toy DEQ, and MDEQ training steps.
+    Crosscheck(CrossCheckArgs),
+    /// On the GPU WGPU finds (or the CPU): train the small MDEQ briefly on the bundled data and
+    /// draw the solver's residual per test image and the predictions (`OUT/demo.png`).
+    Demo(DemoArgs),
     /// Train the dense DEQ classifier on a synthetic task (labels from a fixed random teacher).
     Toy {
         /// Backward mode, e.g. `shine`, `shine:fallback=1.8`, `shine:refine=5`, `implicit`,
@@ -86,6 +95,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Train(args)) => commands::train(&args),
         Some(Command::Eval(args)) => commands::eval(&args),
         Some(Command::Plot(args)) => commands::plot(&args),
+        Some(Command::Bench(args)) => commands::bench(&args),
+        Some(Command::Crosscheck(args)) => commands::crosscheck(&args),
+        Some(Command::Demo(args)) => commands::demo(&args),
         Some(Command::Toy {
             backward,
             steps,

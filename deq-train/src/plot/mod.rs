@@ -1,9 +1,11 @@
 //! Figures, drawn with plotters: the bi-level suboptimality curves, a run's training curves,
 //! and accuracy against backward time across runs.
+mod demo;
 mod modes;
 mod suboptimality;
 mod training;
 
+pub use demo::{DemoSample, plot_demo};
 pub use modes::{ModePoint, plot_modes};
 pub use suboptimality::plot_suboptimality;
 pub use training::plot_training;

@@ -1,0 +1,132 @@
+//! `deq-train bench`: backward-pass cost per mode on an MDEQ (and the solver's overhead),
+//! printed as a table and written as JSON.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use deq_train::bench::{self, BenchConfig, BenchReport};
+use deq_train::fsio::write_atomic;
+
+/// Options of `bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// MDEQ preset: `tiny` (CIFAR-shaped 3×32×32 input), `small` (1×28×28) or `large`.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Forward Broyden iteration budget.
+    #[arg(long, default_value_t = 18)]
+    pub forward_iters: usize,
+    /// Forward relative-residual tolerance.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tol: f64,
+    /// Forward Broyden memory.
+    #[arg(long, default_value_t = 30)]
+    pub memory: usize,
+    /// A backward mode to time (repeat the option; default: implicit, implicit:max_iter=k,
+    /// shine, shine:refine=k, jfb, jfb:refine=k for k = 1, 2, 5).
+    #[arg(long = "mode")]
+    pub modes: Vec<String>,
+    /// Measured batches per mode.
+    #[arg(long, default_value_t = 20)]
+    pub reps: usize,
+    /// Unmeasured batches per mode first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Backend: flex, ndarray, wgpu or cuda (as compiled in).
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// Seed of the weights and batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the solver-overhead measurement.
+    #[arg(long)]
+    pub no_overhead: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs `bench`.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let device = deq_train::backend::device(&args.backend).map_err(anyhow::Error::msg)?;
+    let described = deq_train::backend::describe(&args.backend).map_err(anyhow::Error::msg)?;
+    eprintln!("bench: {} on {described}", args.model);
+    let config = BenchConfig {
+        model: args.model.clone(),
+        batch: args.batch,
+        forward_iters: args.forward_iters,
+        tol: args.tol,
+        memory: args.memory,
+        modes: if args.modes.is_empty() {
+            BenchConfig::default_modes()
+        } else {
+            args.modes.clone()
+        },
+        reps: args.reps,
+        warmup: args.warmup,
+        backend: args.backend.clone(),
+        seed: args.seed,
+        overhead: !args.no_overhead,
+    };
+    let mut report = bench::run(&config, device)?;
+    report.device = described;
+    print_table(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        write_atomic(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(report: &BenchReport) {
+    println!(
+        "MDEQ {} ({} parameters), batch {}, input {:?}, forward Broyden ≤ {} iterations to {:e}; {} batches per mode; {}",
+        report.model,
+        report.parameters,
+        report.batch,
+        report.input_shape,
+        report.forward_iters,
+        report.tol,
+        report.reps,
+        report.device
+    );
+    println!(
+        "{:<22} {:>12} {:>14} {:>12} {:>10} {:>9} {:>8} {:>10}",
+        "mode",
+        "forward ms",
+        "backward ms",
+        "step ms",
+        "implicit/",
+        "fwd it",
+        "adj it",
+        "fallbacks"
+    );
+    for t in &report.modes {
+        println!(
+            "{:<22} {:>12.1} {:>14.2} {:>12.1} {:>10} {:>9.1} {:>8} {:>10.1}",
+            t.mode,
+            t.forward_ms.median,
+            t.backward_ms.median,
+            t.step_ms.median,
+            t.implicit_over_mode
+                .map_or("-".to_string(), |r| format!("{r:.1}×")),
+            t.forward_iterations_mean,
+            t.adjoint_iterations_mean
+                .map_or("-".to_string(), |a| format!("{a:.1}")),
+            t.fallbacks_mean,
+        );
+    }
+    if let Some(o) = &report.solver_overhead {
+        println!(
+            "solver overhead: one f evaluation {:.3} ms, one Broyden iteration {:.3} ms → bookkeeping {:.1} % of f",
+            o.f_eval_ms,
+            o.broyden_iteration_ms,
+            100.0 * o.overhead_fraction
+        );
+    }
+}
