@@ -202,10 +202,9 @@ proptest! {
     }
 }
 
-/// Known failure found by the property test with random seeds: limited-memory Broyden with
-/// memory 1 cycles on a 2-dimensional map (stalls above the 2e-6 absolute tolerance).
+/// Found by the property test with random seeds: limited-memory Broyden with memory 1 cycled
+/// on a 2-dimensional map (stalled above the 2e-6 absolute tolerance); restarts fix it.
 #[test]
-#[ignore = "known Broyden failure (memory 1), to be fixed under the reliability issue"]
 fn broyden_memory_1_regression() {
     converges_on_contractive_map(
         12788604900096775721,
@@ -219,10 +218,9 @@ fn broyden_memory_1_regression() {
     .unwrap();
 }
 
-/// Known failure found by the property test with random seeds: Broyden with memory 3 stalls
-/// at 3e-6 and then grows (declared diverged) for an absolute tolerance of 1.5e-9.
+/// Found by the property test with random seeds: Broyden with memory 3 stalled at 3e-6 and
+/// then grew (declared diverged) for an absolute tolerance of 1.5e-9; restarts fix it.
 #[test]
-#[ignore = "known Broyden failure (memory 3, tolerance 1.5e-9), to be fixed under the reliability issue"]
 fn broyden_memory_3_regression() {
     converges_on_contractive_map(
         8648175382638204564,

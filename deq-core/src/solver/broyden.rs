@@ -7,6 +7,12 @@ use super::tracker::{Tracker, where_rows, zero_rows};
 
 /// A denominator `vᵀΔg` smaller than this (relative to `‖v‖‖Δg‖`) skips the update.
 const DENOM_EPS: f64 = 1e-12;
+/// A sample whose residual has not improved for this many iterations (since its best iterate or
+/// its last restart) restarts: back to its best iterate with `B = −I`.
+const RESTART_PATIENCE: usize = 12;
+/// A sample whose residual exceeds this many times its lowest restarts the same way (long
+/// before the tracker's divergence factor would stop it).
+const RESTART_GROWTH: f64 = 1e2;
 
 /// Broyden's method with the inverse estimate `B ≈ J_g⁻¹` (conventions of `shine-math.md`):
 /// step `z⁺ = z − B g(z)`; update `vᵀ = Δzᵀ B`, `u = (Δz − B Δg) / (vᵀ Δg)`, `B⁺ = B + u vᵀ`,
@@ -14,6 +20,11 @@ const DENOM_EPS: f64 = 1e-12;
 ///
 /// Two low-rank products per iteration: `B g⁺` (which also gives `B Δg = B g⁺ − B g`) and
 /// `Bᵀ Δz`; the next step's `B⁺ g⁺ = B g⁺ + u (v · g⁺)` then costs O(batch · dim).
+///
+/// Limited memory can make the iteration cycle or stall, and a poor secant update can send it
+/// away from the root: a sample that has not improved for [`RESTART_PATIENCE`] iterations, or
+/// whose residual has grown [`RESTART_GROWTH`]-fold over its lowest, restarts from its
+/// lowest-residual iterate with `B = −I` (its other samples are unaffected).
 ///
 /// Returns the tracker and, per sample, the inverse that was current at the sample's
 /// lowest-residual iterate (the one SHINE must use; see [`LowRankInverse::into_best`]).
@@ -34,6 +45,7 @@ pub(crate) fn broyden(
     tracker.start(&mut z, &mut fz);
     let mut g = fz.clone() - z.clone();
     let mut bg = inverse.apply(g.clone());
+    let mut last_restart = vec![0usize; batch];
     for iter in 1..=max_iter {
         if !tracker.any_active() {
             break;
@@ -79,6 +91,27 @@ pub(crate) fn broyden(
             inverse.mark_best(&obs.improved);
         }
         g = g_new;
+
+        let restart: Vec<bool> = (0..batch)
+            .map(|b| {
+                if !tracker.active()[b] {
+                    return false;
+                }
+                let (best, grew) = tracker.progress(b, RESTART_GROWTH);
+                grew || iter - best.max(last_restart[b]) >= RESTART_PATIENCE
+            })
+            .collect();
+        if restart.iter().any(|&r| r) {
+            for (b, &r) in restart.iter().enumerate() {
+                if r {
+                    last_restart[b] = iter;
+                }
+            }
+            inverse.reset(&restart);
+            tracker.return_to_best(&restart, &mut z, &mut fz);
+            g = fz.clone() - z.clone();
+            bg = where_rows(bg, &restart, g.clone().neg());
+        }
     }
     (tracker, inverse.into_best())
 }

@@ -231,6 +231,20 @@ impl LowRankInverse {
         }
     }
 
+    /// Sets `B = −I` for the samples where `rows` is true (by pushing zero pairs into every
+    /// slot), keeping the matrix they last marked best restorable by
+    /// [`into_best`](Self::into_best).
+    pub fn reset(&mut self, rows: &[bool]) {
+        let [batch, capacity, dim] = self.u.dims();
+        if !rows.iter().any(|&r| r) {
+            return;
+        }
+        let zeros = Tensor::<2>::zeros([batch, dim], (&self.u.device(), self.u.dtype()));
+        for _ in 0..capacity {
+            self.push(zeros.clone(), zeros.clone(), rows);
+        }
+    }
+
     /// Number of pairs pushed so far for `sample` (evicted ones included).
     pub fn push_count(&self, sample: usize) -> u64 {
         self.pushes[sample]

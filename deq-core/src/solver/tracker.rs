@@ -23,6 +23,7 @@ pub(crate) struct Tracker {
     best_res: Vec<f64>,
     min_abs: Vec<f64>,
     best_z: Tensor<2>,
+    best_fz: Tensor<2>,
     evaluations: usize,
 }
 
@@ -44,6 +45,7 @@ impl Tracker {
             best_res: vec![f64::INFINITY; batch],
             min_abs: vec![f64::INFINITY; batch],
             best_z: z0.clone(),
+            best_fz: z0.clone(),
             evaluations: 0,
         }
     }
@@ -137,10 +139,29 @@ impl Tracker {
             }
         }
         self.best_z = where_rows(self.best_z.clone(), &improved, z.clone());
+        self.best_fz = where_rows(self.best_fz.clone(), &improved, fz.clone());
         Observation {
             improved,
             non_finite,
         }
+    }
+
+    /// For an active sample: the iteration of its lowest residual so far, and whether its
+    /// latest residual is more than `growth` times that lowest one.
+    pub fn progress(&self, sample: usize, growth: f64) -> (usize, bool) {
+        let s = &self.samples[sample];
+        let grew = s
+            .trace
+            .last()
+            .is_some_and(|&last| last > growth * self.best_res[sample]);
+        (s.best_iteration, grew)
+    }
+
+    /// Moves the samples where `rows` is true back to their lowest-residual iterate (`z` and
+    /// its image `fz`, updated in place).
+    pub fn return_to_best(&self, rows: &[bool], z: &mut Tensor<2>, fz: &mut Tensor<2>) {
+        *z = where_rows(z.clone(), rows, self.best_z.clone());
+        *fz = where_rows(fz.clone(), rows, self.best_fz.clone());
     }
 
     /// Ends the solve: returns the per-sample lowest-residual iterates and the statistics.
