@@ -1,5 +1,5 @@
 //! Parameter counting.
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 
 /// Number of trainable float parameters: every float parameter except the constant scale and
@@ -30,4 +30,48 @@ pub fn trainable_params<M: Module>(module: &M) -> usize {
     };
     module.visit(&mut count);
     count.total
+}
+
+/// Initialises every lazily initialised parameter of `module` now, on its device, from the
+/// random state as it is now. Burn initialises parameters on first use, and clones share that
+/// pending initialisation: without this, the weights would depend on the random state at the
+/// first forward pass, and forks of a clone to other devices would initialise the shared
+/// parameters on whichever device comes first.
+pub fn materialize_params<M: Module>(module: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
+/// Every float tensor of `module` (parameters and running statistics), flattened, with its
+/// path (`core.blocks.0.conv1.v`) and parameter id, in visiting order.
+pub fn float_tensors<M: Module>(module: &M) -> Vec<(String, ParamId, Tensor<1>)> {
+    struct Collect {
+        path: Vec<String>,
+        out: Vec<(String, ParamId, Tensor<1>)>,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let n = value.shape().num_elements();
+            self.out
+                .push((self.path.join("."), param.id, value.reshape([n])));
+        }
+    }
+    let mut collect = Collect {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut collect);
+    collect.out
 }

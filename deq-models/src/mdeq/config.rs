@@ -41,6 +41,11 @@ pub struct MdeqConfig {
     /// Standard deviation of the normal initialisation of every convolution.
     #[config(default = 0.01)]
     pub init_std: f64,
+    /// Batch norm after the stem's two convolutions (the reference has it). Without it the
+    /// model has no batch statistics at all (with `injection_transform` off), so a batch split
+    /// over devices gives exactly the whole batch's gradient.
+    #[config(default = true)]
+    pub stem_norm: bool,
 }
 
 impl MdeqConfig {

@@ -49,10 +49,11 @@ pub struct Mdeq {
 
 impl MdeqConfig {
     /// Validates the configuration and builds the model on `device` (reference
-    /// initialisation: conv weights `N(0, init_std)`, norms weight 1 and bias 0).
+    /// initialisation: conv weights `N(0, init_std)`, norms weight 1 and bias 0). The weights
+    /// are drawn now, from the device's random state (seed it first for reproducible weights).
     pub fn init(&self, device: &Device) -> Result<Mdeq, ModelError> {
         self.validate()?;
-        Ok(Mdeq {
+        let model = Mdeq {
             stem: Stem::new(self, device),
             core: MdeqCore::new(self, device),
             head: Head::new(self, device),
@@ -60,7 +61,9 @@ impl MdeqConfig {
             channels: self.channels.clone(),
             downsample_times: self.downsample_times,
             pretrain_layers: self.pretrain_layers,
-        })
+        };
+        crate::params::materialize_params(&model);
+        Ok(model)
     }
 }
 

@@ -21,12 +21,12 @@ pub struct InjectionTransform {
 pub struct Stem {
     /// conv3×3 `in → C0` (stride 2 if the stem downsamples).
     pub conv1: Conv2d,
-    /// Affine batch norm.
-    pub norm1: BatchNorm2d,
+    /// Affine batch norm (unless `stem_norm` is off).
+    pub norm1: Option<BatchNorm2d>,
     /// conv3×3 `C0 → C0` (stride 2 if the stem downsamples twice).
     pub conv2: Conv2d,
-    /// Affine batch norm.
-    pub norm2: BatchNorm2d,
+    /// Affine batch norm (unless `stem_norm` is off).
+    pub norm2: Option<BatchNorm2d>,
     /// Optional extra transform before injection.
     pub injection: Option<InjectionTransform>,
 }
@@ -40,9 +40,9 @@ impl Stem {
         let bn = |c| BatchNorm2dConfig::new(c).init(device);
         Self {
             conv1: conv([config.input_channels, c0], 3, s1, false, std, device),
-            norm1: bn(c0),
+            norm1: config.stem_norm.then(|| bn(c0)),
             conv2: conv([c0, c0], 3, s2, false, std, device),
-            norm2: bn(c0),
+            norm2: config.stem_norm.then(|| bn(c0)),
             injection: config
                 .uses_injection_transform()
                 .then(|| InjectionTransform {
@@ -54,8 +54,12 @@ impl Stem {
 
     /// `x`: `[batch, in, H, W]` → `[batch, C0, H / 2^d, W / 2^d]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.norm1.forward(self.conv1.forward(x)));
-        let x = relu(self.norm2.forward(self.conv2.forward(x)));
+        let norm = |n: &Option<BatchNorm2d>, x: Tensor<4>| match n {
+            Some(n) => n.forward(x),
+            None => x,
+        };
+        let x = relu(norm(&self.norm1, self.conv1.forward(x)));
+        let x = relu(norm(&self.norm2, self.conv2.forward(x)));
         match &self.injection {
             Some(t) => relu(t.norm.forward(t.conv.forward(x))),
             None => x,
