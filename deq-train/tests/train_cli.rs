@@ -105,6 +105,11 @@ fn assert_same(
 ) {
     assert_eq!(a.0, b.0, "{what}: checkpoint step");
     assert_eq!(a.1.len(), b.1.len(), "{what}: tensor count");
+    let values: usize = a.1.iter().map(|(_, v)| v.len()).sum();
+    assert!(
+        values >= 41_242,
+        "{what}: only {values} values compared (the small MDEQ has 41,242 parameters)"
+    );
     for ((name, x), (other, y)) in a.1.iter().zip(&b.1) {
         assert_eq!(name, other, "{what}: tensor order");
         let first = x
@@ -391,4 +396,50 @@ fn ctrl_c_writes_a_checkpoint_and_resume_matches() {
         std::fs::read(stopped.join("summary.json")).unwrap(),
         summary
     );
+}
+
+/// Data-parallel training (`--devices 2`, Burn's multi-device gradients) ends, after two epochs,
+/// with the parameters of the one-device run to float tolerance, on a model without batch norm
+/// and dropout (whose statistics and masks are per share); with them it differs, as documented.
+#[test]
+fn two_devices_give_the_one_device_result() {
+    let dir = temp_dir("devices");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[mdeq]\ndropout = 0.0\ninjection_transform = false\nstem_norm = false\n",
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+    let runs: Vec<_> = ["1", "2"]
+        .iter()
+        .map(|devices| {
+            let out = dir.join(format!("devices-{devices}"));
+            ok(&train_args(
+                out.to_str().unwrap(),
+                &["--config", config_s, "--devices", devices],
+            ));
+            final_model(&out)
+        })
+        .collect();
+    assert_eq!(runs[0].0, runs[1].0, "same number of steps");
+    let values: usize = runs[0].1.iter().map(|(_, v)| v.len()).sum();
+    assert!(values >= 41_000, "only {values} values compared");
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for ((name, x), (_, y)) in runs[0].1.iter().zip(&runs[1].1) {
+        for (u, v) in x.iter().zip(y) {
+            diff += f64::from(u - v).powi(2);
+            norm += f64::from(*u).powi(2);
+        }
+        assert_eq!(x.len(), y.len(), "{name}");
+    }
+    let rel = (diff / norm).sqrt();
+    println!("parameters, 2 devices vs 1: relative difference {rel:.2e}");
+    assert!(rel < 1e-4, "relative difference {rel:e}");
+
+    fails(
+        &train_args(dir.join("too-many").to_str().unwrap(), &["--devices", "17"]),
+        &["devices", "17", "batch_size"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -218,26 +218,17 @@ pub fn config_differences(saved: &TrainConfig, current: &TrainConfig) -> Vec<Str
 /// what "the same parameters" means when two runs are compared (the files also hold random
 /// parameter ids, which differ between runs).
 pub fn parameter_values(model: &Mdeq) -> Vec<(String, Vec<f32>)> {
-    struct Collect(Vec<(String, Vec<f32>)>);
-    impl burn::module::ModuleVisitor for Collect {
-        fn visit_float_with_path<const D: usize>(
-            &mut self,
-            path: &[String],
-            _id: burn::module::ParamId,
-            tensor: &burn::tensor::Tensor<D>,
-        ) {
+    deq_models::float_tensors(model)
+        .into_iter()
+        .map(|(path, _, tensor)| {
             let values = tensor
-                .clone()
                 .into_data()
                 .convert::<f32>()
                 .try_to_vec::<f32>()
                 .unwrap_or_default();
-            self.0.push((path.join("."), values));
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    model.visit(&mut collect);
-    collect.0
+            (path, values)
+        })
+        .collect()
 }
 
 /// [`parameter_values`] of the model saved in a checkpoint folder.
