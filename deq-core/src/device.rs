@@ -79,6 +79,40 @@ pub fn device(name: &str) -> Result<Device, String> {
     }
 }
 
+/// `count` devices of backend `name` for data-parallel training: GPUs 0..count for `wgpu`
+/// (discrete GPUs) and `cuda`; the one CPU device `count` times for `flex` and `ndarray` (their
+/// replicas then share the CPU's threads, which exercises the mechanism but gains no speed).
+pub fn devices(name: &str, count: usize) -> Result<Vec<Device>, String> {
+    if count == 0 {
+        return Err("the number of devices must be at least 1".into());
+    }
+    if count == 1 {
+        return Ok(vec![device(name)?]);
+    }
+    match name {
+        "wgpu" => {
+            device(name)?;
+            #[cfg(feature = "wgpu")]
+            return Ok((0..count)
+                .map(|i| Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i)))
+                .collect());
+            #[allow(unreachable_code)]
+            Err(String::new())
+        }
+        "cuda" => {
+            device(name)?;
+            #[cfg(feature = "cuda")]
+            return Ok((0..count).map(Device::cuda).collect());
+            #[allow(unreachable_code)]
+            Err(String::new())
+        }
+        other => {
+            let one = device(other)?;
+            Ok(vec![one; count])
+        }
+    }
+}
+
 /// What backend `name` runs on, in words: the WGPU adapter (name, graphics API, device type,
 /// driver), or the CPU backend and its thread count.
 pub fn describe(name: &str) -> Result<String, String> {

@@ -104,6 +104,10 @@ pub struct TrainArgs {
     /// Also checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Data-parallel training on N devices of the backend (GPUs 0..N; on the CPU the one device
+    /// N times), through Burn's multi-device gradients.
+    #[arg(long)]
+    pub devices: Option<usize>,
     /// Data-loading threads (> 0 changes how batches are composed and is not reproducible
     /// step for step; exact --resume needs 0, the default).
     #[arg(long)]
@@ -141,6 +145,7 @@ impl TrainArgs {
             seed,
             backend,
             checkpoint_every,
+            devices,
             workers
         );
         if self.data_dir.is_some() {

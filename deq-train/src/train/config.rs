@@ -67,6 +67,11 @@ pub struct TrainConfig {
     pub backend: String,
     /// Also write a checkpoint every N steps (0: only at the end of each epoch).
     pub checkpoint_every: usize,
+    /// Data-parallel devices of the backend (Burn's multi-device gradients: each device
+    /// computes the gradient of its share of the batch, the optimiser sums them). With
+    /// BatchNorm (the injection transform) or dropout the result differs from one device,
+    /// because their statistics and masks are per share.
+    pub devices: usize,
     /// Data-loading threads (0: load in the training thread). With threads, Burn's loader
     /// splits the data among them, so batches are composed differently and the run is not
     /// reproducible step for step; exact resumption needs 0 (the default).
@@ -100,6 +105,7 @@ impl Default for TrainConfig {
             seed: 0,
             backend: "flex".into(),
             checkpoint_every: 0,
+            devices: 1,
             workers: 0,
         }
     }
@@ -143,6 +149,7 @@ impl TrainConfig {
             "injection_transform",
             "pretrain_layers",
             "init_std",
+            "stem_norm",
         ];
         for (key, value) in overrides {
             if !known.contains(&key.as_str()) {
@@ -222,10 +229,21 @@ impl TrainConfig {
             ("eval_batch_size", self.eval_batch_size),
             ("forward_iters", self.forward_iters),
             ("eval_iters", self.eval_iters),
+            ("devices", self.devices),
         ] {
             if value == 0 {
                 return Err(TrainError::config(field, value, "must be at least 1"));
             }
+        }
+        if self.devices > self.batch_size {
+            return Err(TrainError::config(
+                "devices",
+                self.devices,
+                format!(
+                    "must not exceed batch_size ({}): each device needs a share of every batch",
+                    self.batch_size
+                ),
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(TrainError::config(

@@ -8,12 +8,12 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::tensor::{Device, Int, Tensor};
-use deq_core::{Deq, SolveStatus};
+use deq_core::{Deq, DeqOutput, SolveStatus};
 use deq_models::{Mdeq, MdeqMode};
 use serde::{Deserialize, Serialize};
 
@@ -277,9 +277,12 @@ pub fn train(
     let data = load_run_data(config)?;
     let model_config = config.model_config()?;
     check_shapes(config, &model_config, &data.train)?;
-    let device: Device = crate::backend::device(&config.backend)
+    let devices: Vec<Device> = crate::backend::devices(&config.backend, config.devices)
         .map_err(TrainError::Backend)?
-        .autodiff();
+        .into_iter()
+        .map(Device::autodiff)
+        .collect();
+    let device = devices[0].clone();
     let inner = device.clone().inner();
     device.seed(config.seed);
     let mut model = model_config.init(&device)?;
@@ -391,39 +394,49 @@ pub fn train(
                 MdeqMode::Equilibrium(&deq)
             };
             let n = batch.labels.dims()[0];
-            let output = model.forward(batch.images, mode)?;
-            let loss = loss_fn.forward(output.logits.clone(), batch.labels.clone());
-            let loss_value = loss.clone().into_scalar::<f64>();
+            let shares = forward_backward(&model, &devices, mode, &loss_fn, batch)?;
+            let loss_value: f64 = shares.iter().map(|s| s.loss).sum();
             if !loss_value.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     step,
                     value: loss_value,
                 });
             }
-            let predicted: Tensor<1, Int> = output.logits.clone().inner().argmax(1).reshape([n]);
-            let hits = predicted
-                .equal(batch.labels.inner())
-                .int()
-                .sum()
-                .into_scalar::<i64>() as usize;
-            let forward_ms = started.elapsed().as_secs_f64() * 1e3;
-            let backward_started = Instant::now();
-            let grads = loss.backward();
-            let backward_ms = backward_started.elapsed().as_secs_f64() * 1e3;
-            let grads = GradientsParams::from_grads(grads, &model);
+            let hits = shares.iter().map(|s| s.hits).sum::<usize>();
+            let forward_ms = shares.iter().map(|s| s.forward_ms).sum::<f64>();
+            let backward_ms = shares.iter().map(|s| s.backward_ms).sum::<f64>();
             let lr = scheduler.step().base();
-            model = optim.step(lr, model, grads);
+            let mut deq_outputs = Vec::new();
+            let mut multi = MultiGradientsParams::default();
+            for share in shares {
+                deq_outputs.extend(share.deq);
+                multi.grads.push((share.grads, share.device));
+            }
+            model = if multi.grads.len() == 1 {
+                let (grads, _) = multi.grads.pop().expect("one share");
+                optim.step(lr, model, grads)
+            } else {
+                // Forking the replicas moved the running statistics that clones share (Burn's
+                // RunningState) to the last device: bring everything back to the first.
+                optim.step_multi(lr, model, multi).fork(&devices[0])
+            };
             elapsed += started.elapsed().as_secs_f64();
             batches_done += 1;
             let (mut forward_iters, mut max_residual, mut converged, mut diverged, mut fallbacks) =
                 (0.0, 0.0, 0, 0, 0);
-            if let Some(deq_out) = &output.deq {
-                let stats = &deq_out.stats;
-                forward_iters = stats.mean_iterations();
-                max_residual = stats.max_rel_residual();
-                converged = stats.count(SolveStatus::Converged);
-                diverged = stats.count(SolveStatus::Diverged) + stats.count(SolveStatus::NonFinite);
-                fallbacks = deq_out.backward.get().map_or(0, |b| b.fallback_count());
+            if !deq_outputs.is_empty() {
+                let mut samples = 0;
+                for deq_out in &deq_outputs {
+                    let stats = &deq_out.stats;
+                    forward_iters += stats.mean_iterations() * stats.samples.len() as f64;
+                    samples += stats.samples.len();
+                    max_residual = f64::max(max_residual, stats.max_rel_residual());
+                    converged += stats.count(SolveStatus::Converged);
+                    diverged +=
+                        stats.count(SolveStatus::Diverged) + stats.count(SolveStatus::NonFinite);
+                    fallbacks += deq_out.backward.get().map_or(0, |b| b.fallback_count());
+                }
+                forward_iters /= samples.max(1) as f64;
                 backward_all.push(backward_ms);
                 forward_all.push(forward_ms);
                 epoch_backward.push(backward_ms);
@@ -530,6 +543,72 @@ pub fn train(
     )
     .map_err(|e| TrainError::io(&path, e))?;
     Ok(result)
+}
+
+/// One device's share of a training step.
+struct Share {
+    device: Device,
+    /// The share's loss, weighted by its share of the batch (the shares sum to the batch loss).
+    loss: f64,
+    hits: usize,
+    forward_ms: f64,
+    backward_ms: f64,
+    grads: GradientsParams,
+    deq: Option<DeqOutput>,
+}
+
+/// Forward and backward of `batch` split over `devices` (contiguous shares, sizes differing by
+/// at most one): each device runs a fork of `model` on its share, with the loss weighted by the
+/// share's size so that the summed gradients are those of the whole batch's mean loss. With
+/// one device it is the plain step.
+fn forward_backward(
+    model: &Mdeq,
+    devices: &[Device],
+    mode: MdeqMode<'_>,
+    loss_fn: &CrossEntropyLoss,
+    batch: ImageBatch,
+) -> Result<Vec<Share>, TrainError> {
+    let n = batch.labels.dims()[0];
+    let k = devices.len().min(n);
+    let mut shares = Vec::with_capacity(k);
+    let mut start = 0;
+    for (i, device) in devices.iter().take(k).enumerate() {
+        let len = n / k + usize::from(i < n % k);
+        let started = Instant::now();
+        let (replica, images, labels) = if k == 1 {
+            (model.clone(), batch.images.clone(), batch.labels.clone())
+        } else {
+            (
+                model.clone().fork(device),
+                batch.images.clone().narrow(0, start, len).to_device(device),
+                batch.labels.clone().narrow(0, start, len).to_device(device),
+            )
+        };
+        start += len;
+        let output = replica.forward(images, mode)?;
+        let loss = loss_fn.forward(output.logits.clone(), labels.clone()) * (len as f64 / n as f64);
+        let loss_value = loss.clone().into_scalar::<f64>();
+        let predicted: Tensor<1, Int> = output.logits.inner().argmax(1).reshape([len]);
+        let hits = predicted
+            .equal(labels.inner())
+            .int()
+            .sum()
+            .into_scalar::<i64>() as usize;
+        let forward_ms = started.elapsed().as_secs_f64() * 1e3;
+        let backward_started = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &replica);
+        let backward_ms = backward_started.elapsed().as_secs_f64() * 1e3;
+        shares.push(Share {
+            device: device.clone(),
+            loss: loss_value,
+            hits,
+            forward_ms,
+            backward_ms,
+            grads,
+            deq: output.deq,
+        });
+    }
+    Ok(shares)
 }
 
 #[allow(clippy::too_many_arguments)]
