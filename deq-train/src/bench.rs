@@ -417,3 +417,92 @@ fn overhead(
         evaluations: counted,
     })
 }
+
+/// Resident memory of this process, from `/proc/self/status` (Linux): `(VmRSS, VmHWM)` in
+/// MiB, the current and the peak resident set.
+pub fn resident_mib() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Peak memory of training steps, measured in a process of its own (the peak is per process).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryProbe {
+    /// The backward mode.
+    pub mode: String,
+    /// Forward iteration budget (every iteration is run: tolerance 0 cannot be met).
+    pub forward_iters: usize,
+    /// Resident memory before the first step (model, optimiser and batch in place), MiB.
+    pub before_mib: f64,
+    /// Peak resident memory after the steps, MiB.
+    pub peak_mib: f64,
+    /// `peak − before`: what the steps themselves added at their peak, MiB.
+    pub step_mib: f64,
+}
+
+/// Runs `steps` training steps of `config.model` with `mode` and a forward solve of exactly
+/// `forward_iters` iterations, and reports the resident memory (call once per process).
+pub fn memory_probe(
+    config: &BenchConfig,
+    mode: &str,
+    steps: usize,
+    device: Device,
+) -> Result<MemoryProbe, BenchError> {
+    let backward: BackwardMode = mode
+        .parse()
+        .map_err(|e| BenchError::Setting(format!("{e}")))?;
+    let mut model_config = MdeqConfig::preset(&config.model)?;
+    model_config.dropout = 0.0;
+    let [c, h, w] = input_shape(&model_config);
+    let device = device.autodiff();
+    device.seed(config.seed);
+    let mut model = model_config.init(&device)?;
+    let layer = DeqConfig::new(
+        SolverConfig::new(SolverKind::broyden(config.memory))
+            .with_max_iter(config.forward_iters)
+            .with_tol(f64::MIN_POSITIVE)
+            .with_stop(StopMode::Absolute),
+    )
+    .with_backward(backward)
+    .init()?;
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut optim = AdamConfig::new().init();
+    let images = Tensor::<4>::random(
+        [config.batch, c, h, w],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let labels: Vec<i64> = (0..config.batch).map(|i| (i % 10) as i64).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [config.batch]), &device);
+    device
+        .sync()
+        .map_err(|e| BenchError::Device(format!("{e:?}")))?;
+    let unavailable =
+        || BenchError::Setting("resident memory is read from /proc (Linux only)".into());
+    let (before, _) = resident_mib().ok_or_else(unavailable)?;
+    for _ in 0..steps.max(1) {
+        let output = model.forward(images.clone(), MdeqMode::Equilibrium(&layer))?;
+        let loss = loss_fn.forward(output.logits, labels.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        device
+            .sync()
+            .map_err(|e| BenchError::Device(format!("{e:?}")))?;
+    }
+    let (_, peak) = resident_mib().ok_or_else(unavailable)?;
+    Ok(MemoryProbe {
+        mode: mode.to_string(),
+        forward_iters: config.forward_iters,
+        before_mib: before,
+        peak_mib: peak,
+        step_mib: peak - before,
+    })
+}

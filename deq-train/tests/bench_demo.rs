@@ -55,7 +55,7 @@ fn bench_times_every_mode_and_the_solver_overhead() {
 #[test]
 fn crosscheck_of_the_cpu_with_itself_is_exact_and_sees_mode_errors() {
     let cpu = backend::cpu();
-    let results = crosscheck::toy(&cpu, &cpu, &cpu).unwrap();
+    let results = crosscheck::toy(&cpu, &cpu, &cpu, &crosscheck::toy_modes(), &mut |_| {}).unwrap();
     for c in &results {
         assert_eq!(c.rel_diff, 0.0, "{}: same backend, same result", c.mode);
     }

@@ -5,7 +5,6 @@
 //! tests fail with the message that says what to install.
 #![cfg(feature = "wgpu")]
 
-use deq_core::BackwardMode;
 use deq_train::backend;
 use deq_train::crosscheck::{self, Comparison};
 
@@ -38,8 +37,10 @@ fn wgpu_names_its_adapter() {
 #[test]
 fn toy_gradients_of_every_mode_match_the_cpu() {
     let (wgpu, cpu) = devices();
-    let results = crosscheck::toy(&wgpu, &cpu, &cpu).unwrap();
-    report(&results);
+    let results = crosscheck::toy(&wgpu, &cpu, &cpu, &crosscheck::toy_modes(), &mut |c| {
+        report(std::slice::from_ref(c))
+    })
+    .unwrap();
     assert_eq!(results.len(), crosscheck::toy_modes().len());
     for c in &results {
         assert!(c.passes(), "{} {}: {:e}", c.case, c.mode, c.rel_diff);
@@ -53,13 +54,12 @@ fn toy_gradients_of_every_mode_match_the_cpu() {
 #[test]
 fn mdeq_training_steps_match_the_cpu() {
     let (wgpu, cpu) = devices();
-    let modes: Vec<BackwardMode> = ["shine", "implicit:max_iter=20,tol=1e-5", "jfb"]
-        .iter()
-        .map(|m| m.parse().unwrap())
-        .collect();
-    let results = crosscheck::mdeq(&wgpu, &cpu, &modes, 2).unwrap();
-    report(&results);
-    assert_eq!(results.len(), modes.len() * 3);
+    let modes = crosscheck::mdeq_modes();
+    let results = crosscheck::mdeq(&wgpu, &cpu, &modes, 2, &mut |c| {
+        report(std::slice::from_ref(c))
+    })
+    .unwrap();
+    assert_eq!(results.len(), modes.len() * 2 * 2);
     for c in &results {
         assert!(c.passes(), "{} {}: {:e}", c.case, c.mode, c.rel_diff);
     }

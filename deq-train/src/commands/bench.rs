@@ -44,6 +44,13 @@ pub struct BenchArgs {
     /// Skip the solver-overhead measurement.
     #[arg(long)]
     pub no_overhead: bool,
+    /// Measure peak resident memory of training steps instead of times: implicit, SHINE and
+    /// unrolled at forward budgets 8 and 32 (each in a process of its own).
+    #[arg(long)]
+    pub peak_memory: bool,
+    /// (internal) One memory measurement of this mode in this process, printed as JSON.
+    #[arg(long, hide = true)]
+    pub peak_memory_probe: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -71,6 +78,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         seed: args.seed,
         overhead: !args.no_overhead,
     };
+    if let Some(mode) = &args.peak_memory_probe {
+        let probe = bench::memory_probe(&config, mode, 2, device)?;
+        println!("{}", serde_json::to_string(&probe)?);
+        return Ok(());
+    }
+    if args.peak_memory {
+        return memory(args);
+    }
     let mut report = bench::run(&config, device)?;
     report.device = described;
     print_table(&report);
@@ -129,4 +144,67 @@ fn print_table(report: &BenchReport) {
             100.0 * o.overhead_fraction
         );
     }
+}
+
+/// `bench --peak-memory`: one child process per (mode, budget).
+fn memory(args: &BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the deq-train executable")?;
+    let modes = if args.modes.is_empty() {
+        vec!["implicit".to_string(), "shine".into(), "unrolled".into()]
+    } else {
+        args.modes.clone()
+    };
+    let mut probes = Vec::new();
+    for mode in &modes {
+        for budget in [8usize, 32] {
+            let output = std::process::Command::new(&exe)
+                .args(["bench", "--model", &args.model, "--backend", &args.backend])
+                .args(["--batch", &args.batch.to_string()])
+                .args(["--peak-memory-probe", mode])
+                .args(["--forward-iters", &budget.to_string()])
+                .args(["--seed", &args.seed.to_string()])
+                .output()
+                .context("cannot run the memory probe")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "memory probe of {mode} at budget {budget} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let probe: bench::MemoryProbe =
+                serde_json::from_slice(&output.stdout).context("unreadable memory probe output")?;
+            eprintln!(
+                "{mode:<12} budget {budget:>2}: peak {:.0} MiB, {:.1} MiB above the state before the steps",
+                probe.peak_mib, probe.step_mib
+            );
+            probes.push(probe);
+        }
+    }
+    println!(
+        "MDEQ {}, batch {}, 2 training steps per process; peak resident memory above the model and batch (MiB):",
+        args.model, args.batch
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>12}",
+        "mode", "budget 8", "budget 32", "32 / 8"
+    );
+    for pair in probes.chunks(2) {
+        println!(
+            "{:<12} {:>10.1} {:>10.1} {:>12.2}",
+            pair[0].mode,
+            pair[0].step_mib,
+            pair[1].step_mib,
+            pair[1].step_mib / pair[0].step_mib
+        );
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "model": args.model,
+            "batch": args.batch,
+            "backend": args.backend,
+            "memory": probes,
+        }))?;
+        write_atomic(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }

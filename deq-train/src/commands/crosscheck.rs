@@ -28,15 +28,48 @@ pub fn crosscheck(args: &CrossCheckArgs) -> anyhow::Result<()> {
     let reference_name = deq_train::backend::describe(&args.against).map_err(anyhow::Error::msg)?;
     eprintln!("crosscheck: {test_name} against {reference_name}");
     let started = std::time::Instant::now();
-    let mut results = crosscheck::toy(&test, &reference, &reference).context("toy DEQ")?;
-    let modes: Vec<deq_core::BackwardMode> = ["shine", "implicit:max_iter=20,tol=1e-5", "jfb"]
-        .iter()
-        .map(|m| m.parse().expect("valid mode"))
-        .collect();
-    results.extend(crosscheck::mdeq(&test, &reference, &modes, args.steps).context("MDEQ")?);
+    let header = format!(
+        "{:<30} {:<50} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "case", "mode", "rel diff", "worst", "f32/f64", "vs exact", "tol"
+    );
+    // Each line as soon as it is known (to stderr with --json), so a run cut short still
+    // shows what it found.
+    let line = |c: &Comparison| {
+        format!(
+            "{:<30} {:<50} {:>9.2e} {:>9.2e} {:>9} {:>9} {:>8.1e}{}",
+            c.case,
+            c.mode,
+            c.rel_diff,
+            c.worst_tensor,
+            c.f32_vs_f64.map_or("-".into(), |e| format!("{e:.2e}")),
+            c.rel_to_exact.map_or("-".into(), |e| format!("{e:.2e}")),
+            c.tolerance,
+            if c.passes() { "" } else { "  FAIL" }
+        )
+    };
+    let json = args.json;
+    let mut progress = |c: &Comparison| {
+        if json {
+            eprintln!("{}", line(c));
+        } else {
+            println!("{}", line(c));
+        }
+    };
+    if json {
+        eprintln!("{header}");
+    } else {
+        println!("{header}");
+    }
+    let toy_modes = crosscheck::toy_modes();
+    let mut results = crosscheck::toy(&test, &reference, &reference, &toy_modes, &mut progress)
+        .context("toy DEQ")?;
+    let modes = crosscheck::mdeq_modes();
+    results.extend(
+        crosscheck::mdeq(&test, &reference, &modes, args.steps, &mut progress).context("MDEQ")?,
+    );
     let seconds = started.elapsed().as_secs_f64();
     let failed: Vec<&Comparison> = results.iter().filter(|c| !c.passes()).collect();
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
@@ -50,22 +83,6 @@ pub fn crosscheck(args: &CrossCheckArgs) -> anyhow::Result<()> {
             }))?
         );
     } else {
-        println!(
-            "{:<34} {:<40} {:>11} {:>11} {:>11} {:>8}",
-            "case", "mode", "rel diff", "worst", "vs exact", "tol"
-        );
-        for c in &results {
-            println!(
-                "{:<34} {:<40} {:>11.2e} {:>11.2e} {:>11} {:>8.0e}{}",
-                c.case,
-                c.mode,
-                c.rel_diff,
-                c.worst_tensor,
-                c.rel_to_exact.map_or("-".into(), |e| format!("{e:.2e}")),
-                c.tolerance,
-                if c.passes() { "" } else { "  FAIL" }
-            );
-        }
         println!("{} comparisons in {seconds:.1} s", results.len());
     }
     anyhow::ensure!(

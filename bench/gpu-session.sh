@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The prepared script for a lent GPU machine (NVIDIA driver, CUDA and PyTorch there, no Rust).
+# Here: `cargo build --release -p deq-train --features wgpu`, then
+#   mkdir -p .gpu && strip -o /tmp/d target/release/deq-train && gzip -9 -c /tmp/d > .gpu/deq-train.gz
+# and download the Vulkan loader packages into .gl/ (see docs/RESULTS.md, "GPU"). There, with
+# .gpu and .gl carried:  STAGES="crosscheck bench-tiny peer-tiny demo" bash bench/gpu-session.sh
+# Every stage has its own time limit and writes into $OUT (session.log and JSON files).
+set -u
+OUT=${OUT:-gpu-out}
+BIN=${BIN:-/tmp/deq-train}
+STAGES=${STAGES:-"crosscheck bench-tiny peer-tiny demo"}
+mkdir -p "$OUT"
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/session.log"; }
+
+log "setup"
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export XDG_RUNTIME_DIR=/tmp
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/session.log"
+for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
+  if [ -f "$icd" ]; then export VK_DRIVER_FILES=$icd; break; fi
+done
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}" | tee -a "$OUT/session.log"
+gunzip -c .gpu/deq-train.gz > "$BIN" && chmod +x "$BIN"
+
+for stage in $STAGES; do
+  case $stage in
+    crosscheck)
+      log "crosscheck: every backward mode's gradient on WGPU against flex (autotune minimal)"
+      CUBECL_AUTOTUNE_LEVEL=minimal timeout 150 "$BIN" crosscheck --backend wgpu --against flex --steps 3 --json > "$OUT/crosscheck.json" 2>> "$OUT/session.log"
+      echo "rc=$?" | tee -a "$OUT/session.log" ;;
+    bench-tiny|bench-small)
+      model=${stage#bench-}
+      log "bench: MDEQ $model, batch 32, every mode, WGPU"
+      timeout 180 "$BIN" bench --model "$model" --batch 32 --backend wgpu --reps 20 --warmup 2 --json "$OUT/bench-$model-wgpu.json" 2>&1 | tee -a "$OUT/session.log" ;;
+    peer-tiny|peer-small)
+      model=${stage#peer-}
+      log "PyTorch peer on CUDA, then ours on WGPU: MDEQ $model, batch 32, implicit"
+      PYTHONUNBUFFERED=1 timeout 90 python3 bench/peer/peer_mdeq.py --model "$model" --batch 32 --forward-iters 18 --tol 1e-3 --dropout 0 --reps 20 --warmup 3 --device cuda --json "$OUT/peer-$model-cuda.json" 2>&1 | tail -15 | tee -a "$OUT/session.log"
+      timeout 60 "$BIN" bench --model "$model" --batch 32 --backend wgpu --mode implicit --reps 20 --warmup 3 --no-overhead --json "$OUT/bench-$model-wgpu-implicit.json" 2>&1 | tail -4 | tee -a "$OUT/session.log" ;;
+    demo)
+      log "demo on WGPU"
+      timeout 130 "$BIN" demo --backend wgpu --out "$OUT/demo" 2>&1 | tee -a "$OUT/session.log"
+      cp "$OUT/demo/demo.png" "$OUT/demo.png" 2>/dev/null
+      rm -rf "$OUT/demo" ;;
+    *) log "unknown stage $stage" ;;
+  esac
+done
+log "done"
