@@ -1,6 +1,8 @@
 //! `deq-train`: the command-line front end. With no arguments it trains the small MDEQ with
 //! SHINE backward on the bundled Fashion-MNIST subset. Subcommands: `train`, `eval`, `plot`,
-//! `toy` (the dense DEQ on synthetic data) and `hpo` (bi-level hyperparameter optimisation).
+//! `bench` (backward cost per mode, solver overhead, peak memory), `crosscheck` (gradients on two
+//! backends), `demo` (short training on the GPU WGPU finds, with a figure), `toy` (the dense DEQ
+//! on synthetic data) and `hpo` (bi-level hyperparameter optimisation).
 mod commands;
 mod hpo;
 mod plot;
