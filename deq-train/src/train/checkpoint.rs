@@ -94,6 +94,10 @@ pub fn save_checkpoint(
     }
     std::fs::create_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let model_path = tmp.join("model.bpk");
+    // Burn's batch-norm running statistics (`RunningState`) keep their newest update aside
+    // until the next read; a record holds only the value before it. `valid()` folds the update
+    // in (x / 1, exactly), so that the checkpoint holds the statistics the run goes on with.
+    let _ = model.valid();
     model
         .clone()
         .into_record()
