@@ -48,18 +48,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot use f64 on {device:?}: {e:?}"))?;
     let toy = Toy::new(args.seed, args.batch, args.dim, args.input, args.rho);
 
-    let exact_config = DeqConfig::new(
-        SolverConfig::new(SolverKind::broyden(100))
-            .with_max_iter(200)
-            .with_tol(1e-13)
-            .with_stop(StopMode::Absolute),
-    )
-    .with_backward(BackwardMode::Implicit {
-        solver: SolverKind::broyden(100),
-        max_iter: 200,
-        tol: 1e-13,
-    });
-    let exact = gradients(&toy, &device, &exact_config)?;
+    let exact = gradients(&toy, &device, &deq_core::toy::exact_config())?;
 
     // Finite differences of the loss for the exact implicit gradient.
     let h = 1e-6;

@@ -5,7 +5,10 @@
 //! from a seeded generator, so a problem is reproducible from `(seed, sizes, ρ)`.
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::backward::BackwardMode;
+use crate::deq::DeqConfig;
 use crate::function::{FnDeq, deq_fn};
+use crate::solver::{SolverConfig, SolverKind, StopMode};
 
 /// Small deterministic generator (SplitMix64 with Box–Muller normals).
 #[derive(Debug, Clone)]
@@ -184,4 +187,20 @@ pub fn toy_fn() -> FnDeq<ToyInput, fn(Tensor<2>, &ToyInput) -> Tensor<2>> {
         (z.matmul(w.clone()) + x.clone().matmul(u.clone()) + b.clone()).tanh()
     }
     deq_fn(f as fn(Tensor<2>, &ToyInput) -> Tensor<2>)
+}
+
+/// The layer that gives the toy's exact gradient (in f64): Broyden forward and adjoint solves
+/// (memory 100, at most 200 iterations) to an absolute residual of 1e-13.
+pub fn exact_config() -> DeqConfig {
+    DeqConfig::new(
+        SolverConfig::new(SolverKind::broyden(100))
+            .with_max_iter(200)
+            .with_tol(1e-13)
+            .with_stop(StopMode::Absolute),
+    )
+    .with_backward(BackwardMode::Implicit {
+        solver: SolverKind::broyden(100),
+        max_iter: 200,
+        tol: 1e-13,
+    })
 }

@@ -198,6 +198,42 @@ pub fn input_shape(config: &MdeqConfig) -> [usize; 3] {
     }
 }
 
+/// Waits for the device's queued work (the clocks are read after it).
+fn sync(device: &Device) -> Result<(), BenchError> {
+    device
+        .sync()
+        .map_err(|e| BenchError::Device(format!("{e:?}")))
+}
+
+/// A backward mode from its text form.
+fn parse_mode(text: &str) -> Result<BackwardMode, BenchError> {
+    text.parse()
+        .map_err(|e| BenchError::Setting(format!("{e}")))
+}
+
+/// The preset `config.model` without dropout, drawn from `config.seed` on `device` with
+/// autodiff, its input shape, and the autodiff device.
+fn bench_model(
+    config: &BenchConfig,
+    device: Device,
+) -> Result<(deq_models::Mdeq, [usize; 3], Device), BenchError> {
+    let mut model_config = MdeqConfig::preset(&config.model)?;
+    model_config.dropout = 0.0;
+    let shape = input_shape(&model_config);
+    let device = device.autodiff();
+    device.seed(config.seed);
+    Ok((model_config.init(&device)?, shape, device))
+}
+
+/// A Broyden solve that runs exactly `config.forward_iters` iterations (an absolute tolerance
+/// of the smallest positive float cannot be met).
+fn forced_solver(config: &BenchConfig) -> SolverConfig {
+    SolverConfig::new(SolverKind::broyden(config.memory))
+        .with_max_iter(config.forward_iters)
+        .with_tol(f64::MIN_POSITIVE)
+        .with_stop(StopMode::Absolute)
+}
+
 /// Runs the benchmark: for each repetition, a new random batch, then every mode on it in turn.
 pub fn run(config: &BenchConfig, device: Device) -> Result<BenchReport, BenchError> {
     if config.batch == 0 || config.reps == 0 || config.forward_iters == 0 {
@@ -211,14 +247,9 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchReport, BenchErr
     let modes: Vec<BackwardMode> = config
         .modes
         .iter()
-        .map(|m| m.parse().map_err(|e| BenchError::Setting(format!("{e}"))))
+        .map(|m| parse_mode(m))
         .collect::<Result<_, _>>()?;
-    let mut model_config = MdeqConfig::preset(&config.model)?;
-    model_config.dropout = 0.0;
-    let shape = input_shape(&model_config);
-    let device = device.autodiff();
-    device.seed(config.seed);
-    let model = model_config.init(&device)?;
+    let (model, shape, device) = bench_model(config, device)?;
     let parameters = deq_models::trainable_params(&model);
     let solver = SolverConfig::new(SolverKind::broyden(config.memory))
         .with_max_iter(config.forward_iters)
@@ -232,11 +263,6 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchReport, BenchErr
         })
         .collect::<Result<_, _>>()?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let sync = |device: &Device| {
-        device
-            .sync()
-            .map_err(|e| BenchError::Device(format!("{e:?}")))
-    };
 
     #[derive(Default)]
     struct Acc {
@@ -372,19 +398,11 @@ fn overhead(
     let (core, injection) = model.prepare(images)?;
     let dim = core.state_shape().dim();
     let iters = config.forward_iters;
-    let solver = SolverConfig::new(SolverKind::broyden(config.memory))
-        .with_max_iter(iters)
-        .with_tol(f64::MIN_POSITIVE)
-        .with_stop(StopMode::Absolute);
-    let sync = || {
-        device
-            .sync()
-            .map_err(|e| BenchError::Device(format!("{e:?}")))
-    };
+    let solver = forced_solver(config);
     let (mut per_iteration, mut per_f, mut counted) = (Vec::new(), Vec::new(), 0);
     for run in 0..config.reps.clamp(3, 10) + 1 {
         let z0 = Tensor::<2>::zeros([config.batch, dim], &device);
-        sync()?;
+        sync(&device)?;
         let started = Instant::now();
         let mut evaluations = 0usize;
         let mut map = |z: Tensor<2>| {
@@ -395,7 +413,7 @@ fn overhead(
         let _ = result.z.into_data();
         let solve_s = started.elapsed().as_secs_f64();
         let evaluations = evaluations.max(1);
-        sync()?;
+        sync(&device)?;
         let started = Instant::now();
         let mut z = z0;
         for _ in 0..evaluations {
@@ -456,23 +474,11 @@ pub fn memory_probe(
     steps: usize,
     device: Device,
 ) -> Result<MemoryProbe, BenchError> {
-    let backward: BackwardMode = mode
-        .parse()
-        .map_err(|e| BenchError::Setting(format!("{e}")))?;
-    let mut model_config = MdeqConfig::preset(&config.model)?;
-    model_config.dropout = 0.0;
-    let [c, h, w] = input_shape(&model_config);
-    let device = device.autodiff();
-    device.seed(config.seed);
-    let mut model = model_config.init(&device)?;
-    let layer = DeqConfig::new(
-        SolverConfig::new(SolverKind::broyden(config.memory))
-            .with_max_iter(config.forward_iters)
-            .with_tol(f64::MIN_POSITIVE)
-            .with_stop(StopMode::Absolute),
-    )
-    .with_backward(backward)
-    .init()?;
+    let backward = parse_mode(mode)?;
+    let (mut model, [c, h, w], device) = bench_model(config, device)?;
+    let layer = DeqConfig::new(forced_solver(config))
+        .with_backward(backward)
+        .init()?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut optim = AdamConfig::new().init();
     let images = Tensor::<4>::random(
@@ -482,9 +488,7 @@ pub fn memory_probe(
     );
     let labels: Vec<i64> = (0..config.batch).map(|i| (i % 10) as i64).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [config.batch]), &device);
-    device
-        .sync()
-        .map_err(|e| BenchError::Device(format!("{e:?}")))?;
+    sync(&device)?;
     let unavailable =
         || BenchError::Setting("resident memory is read from /proc (Linux only)".into());
     let (before, _) = resident_mib().ok_or_else(unavailable)?;
@@ -493,9 +497,7 @@ pub fn memory_probe(
         let loss = loss_fn.forward(output.logits, labels.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
-        device
-            .sync()
-            .map_err(|e| BenchError::Device(format!("{e:?}")))?;
+        sync(&device)?;
     }
     let (_, peak) = resident_mib().ok_or_else(unavailable)?;
     Ok(MemoryProbe {

@@ -7,7 +7,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use deq_core::toy::{Toy, toy_fn};
-use deq_core::{BackwardMode, DeqConfig, DeqError, SolverConfig, SolverKind, StopMode};
+use deq_core::{BackwardMode, DeqConfig, DeqError, SolverConfig, SolverKind};
 use deq_models::{Mdeq, MdeqConfig, MdeqMode, ModelError};
 use serde::Serialize;
 
@@ -141,18 +141,7 @@ pub fn toy(
     progress: &mut dyn FnMut(&Comparison),
 ) -> Result<Vec<Comparison>, CrossCheckError> {
     let toy = toy_problem();
-    let exact_config = DeqConfig::new(
-        SolverConfig::new(SolverKind::broyden(60))
-            .with_max_iter(200)
-            .with_tol(1e-13)
-            .with_stop(StopMode::Absolute),
-    )
-    .with_backward(BackwardMode::Implicit {
-        solver: SolverKind::broyden(100),
-        max_iter: 200,
-        tol: 1e-13,
-    });
-    let exact_grads = toy_gradients(exact, DType::F64, &toy, &exact_config)?;
+    let exact_grads = toy_gradients(exact, DType::F64, &toy, &deq_core::toy::exact_config())?;
     modes
         .iter()
         .map(|mode| {
@@ -267,6 +256,23 @@ fn mdeq_gradients(
     Ok((model, grads, values))
 }
 
+/// An MDEQ comparison from `(relative difference, worst tensor)`, with [`MDEQ_TOLERANCE`].
+fn mdeq_comparison(
+    case: String,
+    mode: &BackwardMode,
+    (rel_diff, worst_tensor): (f64, f64),
+) -> Comparison {
+    Comparison {
+        case,
+        mode: mode.to_string(),
+        rel_diff,
+        worst_tensor,
+        rel_to_exact: None,
+        f32_vs_f64: None,
+        tolerance: MDEQ_TOLERANCE,
+    }
+}
+
 /// `steps` SGD steps (learning rate 0.1, batches of 4 random images) of the
 /// [`check_model_config`] MDEQ with each of `modes`, trained on `reference` from the same
 /// initial weights. At every step the test backend computes the gradient from the reference's
@@ -319,35 +325,25 @@ pub fn mdeq(
             );
             let (m_ref, g_ref, v_ref) = mdeq_gradients(&model, reference, &deq, &images, &labels)?;
             let (m_test, g_test, v_test) = mdeq_gradients(&model, test, &deq, &images, &labels)?;
-            let (rel_diff, worst_tensor) = compare(&values(&v_test), &values(&v_ref));
             push(
-                Comparison {
-                    case: format!("mdeq gradients, step {step}"),
-                    mode: mode.to_string(),
-                    rel_diff,
-                    worst_tensor,
-                    rel_to_exact: None,
-                    f32_vs_f64: None,
-                    tolerance: MDEQ_TOLERANCE,
-                },
+                mdeq_comparison(
+                    format!("mdeq gradients, step {step}"),
+                    mode,
+                    compare(&values(&v_test), &values(&v_ref)),
+                ),
                 &mut out,
             );
             let stepped_test = SgdConfig::new().init().step(0.1, m_test, g_test);
             model = SgdConfig::new().init().step(0.1, m_ref, g_ref);
-            let (rel_diff, worst_tensor) = compare(
-                &values(&collect(&stepped_test, None)),
-                &values(&collect(&model, None)),
-            );
             push(
-                Comparison {
-                    case: format!("mdeq parameters after step {step}"),
-                    mode: mode.to_string(),
-                    rel_diff,
-                    worst_tensor,
-                    rel_to_exact: None,
-                    f32_vs_f64: None,
-                    tolerance: MDEQ_TOLERANCE,
-                },
+                mdeq_comparison(
+                    format!("mdeq parameters after step {step}"),
+                    mode,
+                    compare(
+                        &values(&collect(&stepped_test, None)),
+                        &values(&collect(&model, None)),
+                    ),
+                ),
                 &mut out,
             );
         }
