@@ -454,3 +454,179 @@ fn two_devices_train_like_one_device() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A divergent f (no fixed point, spectral norm above 1) on 4 of 16 samples at steps 5 and 8,
+/// an f returning NaN at step 10 (both equilibrium steps) and NaN during pretraining at step 2:
+/// the affected samples are counted as diverged, SHINE falls back to `∇L` on exactly them, the
+/// logged loss stays finite, the pretraining step whose loss is NaN is skipped without touching
+/// the parameters (nor the batch norms' running statistics), no NaN reaches the model, and the
+/// run finishes. Too many consecutive non-finite steps stop the run with a named error.
+#[test]
+fn divergent_f_is_reported_and_survived() {
+    let dir = temp_dir("diverge");
+    let config = dir.join("faults.toml");
+    std::fs::write(
+        &config,
+        "[faults]\ndiverge_steps = [5, 8]\nnan_steps = [2, 10]\nsamples = 4\n",
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    let mut args = train_args(
+        o,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--checkpoint-every",
+            "1",
+            "--stop-after",
+            "2",
+        ],
+    );
+    // Enough iterations for the residual's growth to be seen (with 6, some of the faulty
+    // samples end at the budget, reported as not converged, before that).
+    let at = args.iter().position(|a| *a == "--forward-iters").unwrap();
+    args[at + 1] = "12";
+    let text = ok(&args);
+    assert!(text.contains("step 2: loss NaN"), "{text}");
+    // The skipped step left everything as it was (parameters and running statistics).
+    let checkpoint = |step: usize| {
+        let dir = deq_train::train::checkpoint_dir(&out, step);
+        (
+            "same step".to_string(),
+            deq_train::train::checkpoint_parameters(&dir).unwrap(),
+        )
+    };
+    assert_same(&checkpoint(1), &checkpoint(2), "skipped step 2");
+    let text = ok(&["train", "--out", o, "--resume", "--quiet"]);
+    assert!(text.contains("1 steps skipped"), "{text}");
+
+    let lines = deq_train::train::read_metrics(&out.join("metrics.jsonl")).unwrap();
+    let mut epoch_diverged = 0;
+    for line in &lines {
+        match line {
+            deq_train::train::MetricsLine::Step(s) => {
+                let faulty = [5, 8, 10].contains(&s.step);
+                assert_eq!(s.skipped, s.step == 2, "step {}: skipped", s.step);
+                if s.step != 2 {
+                    assert!(s.loss.is_finite(), "step {}: loss {}", s.step, s.loss);
+                }
+                assert_eq!(s.diverged, if faulty { 4 } else { 0 }, "step {}", s.step);
+                assert_eq!(s.fallbacks, if faulty { 4 } else { 0 }, "step {}", s.step);
+            }
+            deq_train::train::MetricsLine::Epoch(e) => {
+                assert!(e.train_loss.is_finite() && e.test_loss.is_finite());
+                epoch_diverged += e.diverged_samples;
+            }
+        }
+    }
+    assert_eq!(epoch_diverged, 12);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["skipped_steps"], 1);
+    assert_eq!(summary["diverged_samples"], 12);
+    assert_eq!(summary["fallbacks"], 12);
+    assert_eq!(summary["completed"], true);
+
+    // Nothing non-finite reached the model.
+    let (_, last) = final_model(&out);
+    for (name, values) in &last {
+        assert!(values.iter().all(|v| v.is_finite()), "{name} is not finite");
+    }
+
+    // NaN on every step: the run stops after `max_skipped_steps` in a row, naming them.
+    std::fs::write(
+        &config,
+        "max_skipped_steps = 3\n[faults]\nnan_steps = [1, 2, 3, 4]\n",
+    )
+    .unwrap();
+    fails(
+        &train_args(
+            dir.join("nan").to_str().unwrap(),
+            &["--config", config.to_str().unwrap()],
+        ),
+        &["not finite on 3 consecutive steps", "step 3"],
+    );
+}
+
+/// SIGKILL at 5 random moments (each 5–30 % of an uninterrupted run's duration after the
+/// process started, so kills land in start-up, steps, evaluation or checkpoint writes), each
+/// followed by `--resume`: the run ends with exactly the uninterrupted run's parameters, and no
+/// half-written checkpoint is left. The moments come from `DEQ_KILL_SEED` (printed; by default
+/// the clock), so a failure can be replayed.
+#[test]
+fn sigkill_at_five_random_points_then_resume_matches() {
+    let dir = temp_dir("kill5");
+    let straight = dir.join("straight");
+    let started = Instant::now();
+    ok(&train_args(
+        straight.to_str().unwrap(),
+        &["--checkpoint-every", "1"],
+    ));
+    let duration = started.elapsed();
+    let reference = final_model(&straight);
+
+    let seed: u64 = std::env::var("DEQ_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("DEQ_KILL_SEED={seed} (uninterrupted run: {duration:?})");
+    let mut state = seed | 1;
+    let mut uniform = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let killed = dir.join("killed");
+    let path = killed.to_str().unwrap();
+    let mut kills = Vec::new();
+    while kills.len() < 5 {
+        let args = if killed.join("config.toml").is_file() {
+            vec!["train", "--out", path, "--resume", "--quiet"]
+        } else {
+            train_args(path, &["--checkpoint-every", "1"])
+        };
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = duration.mul_f64(0.05 + 0.25 * uniform());
+        std::thread::sleep(delay);
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{args:?} failed before its kill");
+            panic!(
+                "the run finished before kill {} ({delay:?})",
+                kills.len() + 1
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let newest = deq_train::train::list_checkpoints(&killed)
+            .unwrap()
+            .last()
+            .map(|d| d.file_name().unwrap().to_string_lossy().into_owned());
+        kills.push((delay, newest));
+    }
+    println!("killed after (delay, newest checkpoint): {kills:?}");
+    ok(&["train", "--out", path, "--resume", "--quiet"]);
+    assert_same(
+        &final_model(&killed),
+        &reference,
+        &format!("killed 5 times (DEQ_KILL_SEED={seed})"),
+    );
+    let partial: Vec<_> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("step-"))
+        .collect();
+    assert!(partial.is_empty(), "left behind: {partial:?}");
+}

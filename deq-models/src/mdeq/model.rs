@@ -120,8 +120,23 @@ impl Mdeq {
     /// Training mode follows the tensors: on an autodiff device the dropout masks are drawn
     /// and the layer tracks gradients; `model.valid()` gives the evaluation model.
     pub fn forward(&self, x: Tensor<4>, mode: MdeqMode<'_>) -> Result<MdeqOutput, ModelError> {
+        self.forward_with(x, mode, |core| core)
+    }
+
+    /// [`Mdeq::forward`] with f replaced by `wrap(f)`, a function on the same flattened state
+    /// `[batch, dim]` (used to inject faults into f in reliability tests, or to instrument it).
+    pub fn forward_with<F>(
+        &self,
+        x: Tensor<4>,
+        mode: MdeqMode<'_>,
+        wrap: impl FnOnce(PreparedCore) -> F,
+    ) -> Result<MdeqOutput, ModelError>
+    where
+        F: DeqFunction<Input = Tensor<4>>,
+    {
         let (core, injection) = self.prepare(x)?;
         let shape = core.state_shape().clone();
+        let core = wrap(core);
         let batch = injection.dims()[0];
         let z0 = Tensor::<2>::zeros(
             [batch, shape.dim()],

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use deq_train::data::DatasetKind;
 use deq_train::train::{
@@ -175,13 +174,17 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let out = args.out.clone().unwrap_or_else(fresh_run_folder);
     let mut config = if args.resume {
-        let newest = list_checkpoints(&out)?.pop().with_context(|| {
-            format!(
+        match list_checkpoints(&out)?.pop() {
+            Some(newest) => read_state(&newest)?.config,
+            // Stopped before its first checkpoint: start again with the run's settings.
+            None if out.join("config.toml").is_file() => {
+                TrainConfig::from_toml_file(&out.join("config.toml"))?
+            }
+            None => anyhow::bail!(
                 "--resume: no checkpoint in {}",
                 out.join("checkpoints").display()
-            )
-        })?;
-        read_state(&newest)?.config
+            ),
+        }
     } else if let Some(path) = &args.config {
         TrainConfig::from_toml_file(path)?
     } else {
@@ -282,8 +285,18 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 bar.set_prefix(format!("{}/{}", s.epoch + 1, config.epochs));
                 (loss_avg, acc_avg) = (s.loss, s.accuracy);
             }
-            loss_avg = 0.95 * loss_avg + 0.05 * s.loss;
-            acc_avg = 0.95 * acc_avg + 0.05 * s.accuracy;
+            if s.skipped {
+                say(
+                    &bar,
+                    format!(
+                        "step {}: loss {} or its gradient is not finite; step skipped, parameters unchanged",
+                        s.step, s.loss
+                    ),
+                );
+            } else if s.loss.is_finite() {
+                loss_avg = 0.95 * loss_avg + 0.05 * s.loss;
+                acc_avg = 0.95 * acc_avg + 0.05 * s.accuracy;
+            }
             let solver = if s.phase == "deq" {
                 format!("fwd it {:.1}  bwd {:.0} ms", s.forward_iters, s.backward_ms)
             } else {
@@ -311,7 +324,14 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                     100.0 * e.test_converged,
                     e.median_backward_ms,
                     e.elapsed_s
-                ),
+                ) + &if e.diverged_samples + e.skipped_steps > 0 {
+                    format!(
+                        "  ({} samples diverged, {} SHINE fallbacks, {} steps skipped)",
+                        e.diverged_samples, e.fallbacks, e.skipped_steps
+                    )
+                } else {
+                    String::new()
+                },
             );
         }
         RunEvent::Checkpoint(dir) => {

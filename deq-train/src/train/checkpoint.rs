@@ -56,6 +56,15 @@ pub struct EpochTotals {
     pub correct: usize,
     /// Samples seen.
     pub seen: usize,
+    /// Steps skipped because the loss or a gradient was not finite.
+    #[serde(default)]
+    pub skipped: usize,
+    /// Samples whose forward solve diverged or went non-finite.
+    #[serde(default)]
+    pub diverged: usize,
+    /// Samples whose SHINE estimate fell back to the Jacobian-free direction.
+    #[serde(default)]
+    pub fallbacks: usize,
 }
 
 /// The folder of the checkpoint after `step` steps.

@@ -6,6 +6,7 @@ use deq_models::MdeqConfig;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
+use super::fault::FaultConfig;
 use crate::data::{Augment, DatasetKind};
 
 /// Everything that determines a training run. Field names are the TOML keys (and, with `-`
@@ -76,6 +77,12 @@ pub struct TrainConfig {
     /// splits the data among them, so batches are composed differently and the run is not
     /// reproducible step for step; exact resumption needs 0 (the default).
     pub workers: usize,
+    /// Stop with an error after this many consecutive steps whose loss or gradient was not
+    /// finite (each such step is skipped and logged; the parameters are left as they were).
+    pub max_skipped_steps: usize,
+    /// Faults injected into f on chosen steps (reliability tests; see [`FaultConfig`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultConfig>,
 }
 
 impl Default for TrainConfig {
@@ -107,6 +114,8 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             devices: 1,
             workers: 0,
+            max_skipped_steps: 20,
+            faults: None,
         }
     }
 }
@@ -230,6 +239,7 @@ impl TrainConfig {
             ("forward_iters", self.forward_iters),
             ("eval_iters", self.eval_iters),
             ("devices", self.devices),
+            ("max_skipped_steps", self.max_skipped_steps),
         ] {
             if value == 0 {
                 return Err(TrainError::config(field, value, "must be at least 1"));
@@ -283,6 +293,9 @@ impl TrainConfig {
             ));
         }
         self.deq_config()?.init()?;
+        if let Some(faults) = &self.faults {
+            faults.validate()?;
+        }
         Ok(())
     }
 }

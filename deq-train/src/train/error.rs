@@ -63,12 +63,16 @@ pub enum TrainError {
     /// The requested backend was not compiled in or has no device.
     #[error("{0}")]
     Backend(String),
-    /// The loss became NaN or infinite.
-    #[error("the training loss is {value} at step {step}; lower --lr or check the data")]
+    /// The loss or the gradient was NaN or infinite on too many consecutive steps.
+    #[error(
+        "the loss or gradient was not finite on {count} consecutive steps (the last at step {step}, loss {value}); each was skipped, the run stops here: lower --lr or check the data"
+    )]
     NonFiniteLoss {
-        /// Global step.
+        /// Global step of the last one.
         step: usize,
-        /// The loss.
+        /// Consecutive skipped steps (`max_skipped_steps`).
+        count: usize,
+        /// The last loss.
         value: f64,
     },
 }

@@ -17,7 +17,9 @@ pub struct StepRecord {
     pub step: usize,
     /// `pretrain` (unrolled) or `deq`.
     pub phase: String,
-    /// Mean cross-entropy of the batch.
+    /// Mean cross-entropy of the batch (`null` in the file when it was not finite; such a
+    /// step is `skipped`).
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     /// Accuracy on the batch.
     pub accuracy: f64,
@@ -25,7 +27,7 @@ pub struct StepRecord {
     pub lr: f64,
     /// Mean forward solver iterations per sample (0 in pretraining).
     pub forward_iters: f64,
-    /// Largest relative residual of the batch's forward solve (0 in pretraining).
+    /// Largest finite relative residual of the batch's forward solve (0 in pretraining).
     pub max_residual: f64,
     /// Samples whose forward solve converged.
     pub converged: usize,
@@ -39,6 +41,15 @@ pub struct StepRecord {
     pub backward_ms: f64,
     /// Samples whose SHINE estimate fell back to the Jacobian-free direction.
     pub fallbacks: usize,
+    /// The optimiser step was skipped: the loss or a gradient was not finite, and the
+    /// parameters were left as they were.
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+/// JSON has no NaN: `serde_json` writes a non-finite loss as `null`; read it back as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// One evaluation on the test split, at the end of an epoch.
@@ -49,10 +60,12 @@ pub struct EpochRecord {
     /// Global step at the end of the epoch.
     pub step: usize,
     /// Mean training loss over the epoch.
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_loss: f64,
     /// Training accuracy over the epoch (with dropout and augmentation).
     pub train_accuracy: f64,
     /// Test loss.
+    #[serde(deserialize_with = "null_as_nan")]
     pub test_loss: f64,
     /// Test accuracy.
     pub test_accuracy: f64,
@@ -64,6 +77,15 @@ pub struct EpochRecord {
     pub median_backward_ms: f64,
     /// Training time so far (excluding evaluation), s.
     pub elapsed_s: f64,
+    /// Steps of the epoch skipped because the loss or a gradient was not finite.
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Training samples of the epoch whose forward solve diverged or went non-finite.
+    #[serde(default)]
+    pub diverged_samples: usize,
+    /// Training samples of the epoch whose SHINE estimate fell back to `∇L`.
+    #[serde(default)]
+    pub fallbacks: usize,
 }
 
 /// A line of the log.

@@ -3,6 +3,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod evaluate;
+mod fault;
 mod metrics;
 mod run;
 
@@ -14,5 +15,6 @@ pub use checkpoint::{
 pub use config::TrainConfig;
 pub use error::TrainError;
 pub use evaluate::{EvalResult, evaluate};
+pub use fault::{FaultConfig, FaultKind, Faulty};
 pub use metrics::{EpochRecord, MetricsLine, MetricsLog, StepRecord, read_metrics};
 pub use run::{RunData, RunEvent, RunOptions, RunSummary, load_run_data, optimizer, train};

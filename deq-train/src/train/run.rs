@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::transform::{PartialDataset, ShuffledDataset};
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
@@ -22,7 +22,8 @@ use super::checkpoint::{
     load_model, load_optimizer, read_state, save_checkpoint,
 };
 use super::evaluate::{EvalResult, evaluate};
-use super::metrics::{EpochRecord, MetricsLine, MetricsLog, StepRecord};
+use super::fault::{FaultKind, Faulty};
+use super::metrics::{EpochRecord, MetricsLine, MetricsLog, StepRecord, read_metrics};
 use super::{TrainConfig, TrainError};
 use crate::data::{ImageBatch, ImageBatcher, ImageDataset, ImageSet, load_splits, mix};
 use crate::fsio::write_atomic;
@@ -116,6 +117,15 @@ pub struct RunSummary {
     pub backward: String,
     /// Trainable parameters.
     pub parameters: usize,
+    /// Steps skipped because the loss or a gradient was not finite (parameters untouched).
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Training samples whose forward solve diverged or went non-finite, over all steps.
+    #[serde(default)]
+    pub diverged_samples: usize,
+    /// Training samples whose SHINE estimate fell back to `∇L`, over all steps.
+    #[serde(default)]
+    pub fallbacks: usize,
 }
 
 /// The data of a run: both splits (limited and viewed as configured) and the normalisation.
@@ -217,6 +227,50 @@ fn prepare_out(options: &RunOptions) -> Result<(), TrainError> {
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))
 }
 
+/// The state of checkpoint `dir`, checked against `config`: not complete, same settings.
+fn resume_state(
+    config: &TrainConfig,
+    dir: PathBuf,
+) -> Result<(PathBuf, CheckpointState), TrainError> {
+    let state = read_state(&dir)?;
+    if state.epoch >= config.epochs {
+        return Err(TrainError::Checkpoint {
+            path: dir,
+            problem: format!(
+                "the run is already complete ({} epochs, {} steps); nothing to resume (raise --epochs only in a new run: the learning-rate schedule depends on it)",
+                state.epoch, state.step
+            ),
+        });
+    }
+    let differences = config_differences(&state.config, config);
+    if !differences.is_empty() {
+        return Err(TrainError::Checkpoint {
+            path: dir,
+            problem: format!(
+                "was written by a run with other settings: {}",
+                differences.join("; ")
+            ),
+        });
+    }
+    Ok((dir, state))
+}
+
+/// Removes checkpoint folders left half-written by an interrupted run (their temporary names
+/// start with `.partial-`; the finished checkpoints were never touched by them).
+fn remove_partial_checkpoints(out: &Path) -> Result<(), TrainError> {
+    let parent = out.join("checkpoints");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(".partial-") {
+            std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the optimiser `config` describes.
 pub fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     let mut adam = AdamConfig::new();
@@ -242,37 +296,22 @@ pub fn train(
     let out = &options.out;
     let resume_from = if options.resume {
         let found = list_checkpoints(out)?;
-        let Some(dir) = found.last().cloned() else {
-            return Err(TrainError::Checkpoint {
-                path: out.join("checkpoints"),
-                problem: "no checkpoint to resume from".into(),
-            });
-        };
-        let state = read_state(&dir)?;
-        if state.epoch >= config.epochs {
-            return Err(TrainError::Checkpoint {
-                path: dir,
-                problem: format!(
-                    "the run is already complete ({} epochs, {} steps); nothing to resume (raise --epochs only in a new run: the learning-rate schedule depends on it)",
-                    state.epoch, state.step
-                ),
-            });
+        match found.last().cloned() {
+            // Stopped before its first checkpoint (e.g. killed early): start it again.
+            None if out.join("config.toml").is_file() => None,
+            None => {
+                return Err(TrainError::Checkpoint {
+                    path: out.join("checkpoints"),
+                    problem: "no checkpoint to resume from".into(),
+                });
+            }
+            Some(dir) => Some(resume_state(config, dir)?),
         }
-        let differences = config_differences(&state.config, config);
-        if !differences.is_empty() {
-            return Err(TrainError::Checkpoint {
-                path: dir,
-                problem: format!(
-                    "was written by a run with other settings: {}",
-                    differences.join("; ")
-                ),
-            });
-        }
-        Some((dir, state))
     } else {
         None
     };
     prepare_out(options)?;
+    remove_partial_checkpoints(out)?;
 
     let data = load_run_data(config)?;
     let model_config = config.model_config()?;
@@ -336,6 +375,7 @@ pub fn train(
     );
     let (mut backward_all, mut forward_all) = (Vec::new(), Vec::new());
     let mut last_eval: Option<EvalResult> = None;
+    let mut consecutive_skips = 0;
     let save = |model: &Mdeq,
                 optim: &ModuleOptimizer,
                 epoch: usize,
@@ -394,32 +434,49 @@ pub fn train(
                 MdeqMode::Equilibrium(&deq)
             };
             let n = batch.labels.dims()[0];
-            let shares = forward_backward(&model, &devices, mode, &loss_fn, batch)?;
+            let fault = config.faults.as_ref().map(|f| (f.at(step), f.samples));
+            // The forward pass updates the batch norms' running statistics; a skipped step
+            // must not keep that update (it may hold NaN), so keep a detached copy to go back to.
+            let before = model.valid();
+            let shares = forward_backward(&model, &devices, mode, &loss_fn, batch, fault)?;
             let loss_value: f64 = shares.iter().map(|s| s.loss).sum();
-            if !loss_value.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    step,
-                    value: loss_value,
-                });
-            }
             let hits = shares.iter().map(|s| s.hits).sum::<usize>();
             let forward_ms = shares.iter().map(|s| s.forward_ms).sum::<f64>();
             let backward_ms = shares.iter().map(|s| s.backward_ms).sum::<f64>();
+            // The schedule advances on skipped steps too, so it stays a function of the step.
             let lr = scheduler.step().base();
+            // A non-finite loss or gradient on any share: no update, the parameters stay.
+            let skipped = shares.iter().any(|s| s.grads.is_none());
             let mut deq_outputs = Vec::new();
             let mut multi = MultiGradientsParams::default();
             for share in shares {
                 deq_outputs.extend(share.deq);
-                multi.grads.push((share.grads, share.device));
+                if let Some(grads) = share.grads {
+                    multi.grads.push((grads, share.device));
+                }
             }
-            model = if multi.grads.len() == 1 {
-                let (grads, _) = multi.grads.pop().expect("one share");
-                optim.step(lr, model, grads)
+            if skipped {
+                model = before.train();
+                consecutive_skips += 1;
+                if consecutive_skips >= config.max_skipped_steps {
+                    return Err(TrainError::NonFiniteLoss {
+                        step,
+                        count: consecutive_skips,
+                        value: loss_value,
+                    });
+                }
             } else {
-                // Forking the replicas moved the running statistics that clones share (Burn's
-                // RunningState) to the last device: bring everything back to the first.
-                optim.step_multi(lr, model, multi).fork(&devices[0])
-            };
+                consecutive_skips = 0;
+                model = if multi.grads.len() == 1 {
+                    let (grads, _) = multi.grads.pop().expect("one share");
+                    optim.step(lr, model, grads)
+                } else {
+                    // Forking the replicas moved the running statistics that clones share
+                    // (Burn's RunningState) to the last device: bring everything back to the
+                    // first.
+                    optim.step_multi(lr, model, multi).fork(&devices[0])
+                };
+            }
             elapsed += started.elapsed().as_secs_f64();
             batches_done += 1;
             let (mut forward_iters, mut max_residual, mut converged, mut diverged, mut fallbacks) =
@@ -430,7 +487,13 @@ pub fn train(
                     let stats = &deq_out.stats;
                     forward_iters += stats.mean_iterations() * stats.samples.len() as f64;
                     samples += stats.samples.len();
-                    max_residual = f64::max(max_residual, stats.max_rel_residual());
+                    // Samples that went non-finite are counted in `diverged`, not here.
+                    max_residual = stats
+                        .samples
+                        .iter()
+                        .map(|s| s.rel_residual)
+                        .filter(|r| r.is_finite())
+                        .fold(max_residual, f64::max);
                     converged += stats.count(SolveStatus::Converged);
                     diverged +=
                         stats.count(SolveStatus::Diverged) + stats.count(SolveStatus::NonFinite);
@@ -441,9 +504,14 @@ pub fn train(
                 forward_all.push(forward_ms);
                 epoch_backward.push(backward_ms);
             }
-            totals.loss_sum += loss_value * n as f64;
-            totals.correct += hits;
-            totals.seen += n;
+            if loss_value.is_finite() {
+                totals.loss_sum += loss_value * n as f64;
+                totals.correct += hits;
+                totals.seen += n;
+            }
+            totals.skipped += usize::from(skipped);
+            totals.diverged += diverged;
+            totals.fallbacks += fallbacks;
             let record = StepRecord {
                 epoch,
                 step,
@@ -459,6 +527,7 @@ pub fn train(
                 forward_ms,
                 backward_ms,
                 fallbacks,
+                skipped,
             };
             log.write(&MetricsLine::Step(record.clone()))?;
             observe(RunEvent::Step(&record));
@@ -479,7 +548,8 @@ pub fn train(
                     &mut forward_all,
                     config,
                     parameters,
-                ));
+                    out,
+                )?);
             }
         }
         observe(RunEvent::Evaluating { epoch });
@@ -502,6 +572,9 @@ pub fn train(
             test_converged: result.converged_fraction,
             median_backward_ms: median(&mut epoch_backward).unwrap_or(0.0),
             elapsed_s: elapsed,
+            skipped_steps: totals.skipped,
+            diverged_samples: totals.diverged,
+            fallbacks: totals.fallbacks,
         };
         log.write(&MetricsLine::Epoch(record.clone()))?;
         let dir = save(&model, &optim, epoch, batches_done, step, elapsed, totals)?;
@@ -522,7 +595,8 @@ pub fn train(
                 &mut forward_all,
                 config,
                 parameters,
-            ));
+                out,
+            )?);
         }
     }
     let result = summary(
@@ -535,7 +609,8 @@ pub fn train(
         &mut forward_all,
         config,
         parameters,
-    );
+        out,
+    )?;
     let path = out.join("summary.json");
     write_atomic(
         &path,
@@ -543,6 +618,32 @@ pub fn train(
     )
     .map_err(|e| TrainError::io(&path, e))?;
     Ok(result)
+}
+
+/// Whether every gradient in `grads` is finite (one read from the device: NaN and ±∞ survive
+/// the sum of all entries; so does a finite sum overflowing to ∞, which is as harmful).
+fn gradients_finite(grads: &GradientsParams, model: &Mdeq) -> bool {
+    struct Sums<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<Tensor<1>>,
+    }
+    impl ModuleVisitor for Sums<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.out.push(g.sum());
+            }
+        }
+    }
+    let mut sums = Sums {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut sums);
+    sums.out.is_empty()
+        || Tensor::cat(sums.out, 0)
+            .sum()
+            .into_scalar::<f64>()
+            .is_finite()
 }
 
 /// One device's share of a training step.
@@ -553,7 +654,8 @@ struct Share {
     hits: usize,
     forward_ms: f64,
     backward_ms: f64,
-    grads: GradientsParams,
+    /// `None` when the loss or a gradient was not finite (the step is skipped).
+    grads: Option<GradientsParams>,
     deq: Option<DeqOutput>,
 }
 
@@ -567,6 +669,7 @@ fn forward_backward(
     mode: MdeqMode<'_>,
     loss_fn: &CrossEntropyLoss,
     batch: ImageBatch,
+    fault: Option<(Option<FaultKind>, usize)>,
 ) -> Result<Vec<Share>, TrainError> {
     let n = batch.labels.dims()[0];
     let k = devices.len().min(n);
@@ -585,7 +688,12 @@ fn forward_backward(
             )
         };
         start += len;
-        let output = replica.forward(images, mode)?;
+        let output = match fault {
+            None => replica.forward(images, mode)?,
+            Some((kind, samples)) => {
+                replica.forward_with(images, mode, |f| Faulty::new(f, kind, samples))?
+            }
+        };
         let loss = loss_fn.forward(output.logits.clone(), labels.clone()) * (len as f64 / n as f64);
         let loss_value = loss.clone().into_scalar::<f64>();
         let predicted: Tensor<1, Int> = output.logits.inner().argmax(1).reshape([len]);
@@ -596,7 +704,12 @@ fn forward_backward(
             .into_scalar::<i64>() as usize;
         let forward_ms = started.elapsed().as_secs_f64() * 1e3;
         let backward_started = Instant::now();
-        let grads = GradientsParams::from_grads(loss.backward(), &replica);
+        let grads = if loss_value.is_finite() {
+            let grads = GradientsParams::from_grads(loss.backward(), &replica);
+            gradients_finite(&grads, &replica).then_some(grads)
+        } else {
+            None
+        };
         let backward_ms = backward_started.elapsed().as_secs_f64() * 1e3;
         shares.push(Share {
             device: device.clone(),
@@ -622,8 +735,17 @@ fn summary(
     forward: &mut [f64],
     config: &TrainConfig,
     parameters: usize,
-) -> RunSummary {
-    RunSummary {
+    out: &Path,
+) -> Result<RunSummary, TrainError> {
+    let (mut skipped_steps, mut diverged_samples, mut fallbacks) = (0, 0, 0);
+    for line in read_metrics(&out.join("metrics.jsonl"))? {
+        if let MetricsLine::Step(s) = line {
+            skipped_steps += usize::from(s.skipped);
+            diverged_samples += s.diverged;
+            fallbacks += s.fallbacks;
+        }
+    }
+    Ok(RunSummary {
         completed,
         steps,
         epochs,
@@ -634,5 +756,8 @@ fn summary(
         median_forward_ms: median(forward),
         backward: config.backward.clone(),
         parameters,
-    }
+        skipped_steps,
+        diverged_samples,
+        fallbacks,
+    })
 }
