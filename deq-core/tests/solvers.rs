@@ -202,6 +202,82 @@ proptest! {
     }
 }
 
+/// Maps `f(z) = z + g(z)` whose `g` has no root, with Jacobian `I + J_g` of spectral norm
+/// above 1: `g(z) = h(z) + |z| / 2 + c` with `c > 0` and
+/// - kind 0: `h(z) = z ⊙ z`: quadratic growth;
+/// - kind 1: `h(z) = exp(z W)`: exponential growth, overflows to ∞ in f64;
+/// - kind 2: `h(z) = ρ tanh(z W)`, `ρ = 0.05 < c`: bounded.
+///
+/// The `|z| / 2` keeps `‖g‖ ≥ ‖z‖ / 2`. Without it proptest found iterates running off to
+/// |z| ~ 1e16, where `z + g(z) == z` in f64, or to |z| ~ 1e3 with a bounded residual, whose
+/// relative residual ‖g‖ / ‖f(z)‖ falls below the tolerance: what a relative test means.
+fn rootless_map(
+    kind: usize,
+    seed: u64,
+    batch: usize,
+    dim: usize,
+) -> impl FnMut(Tensor<2>) -> Tensor<2> {
+    let mut rng = common::Rng::new(seed);
+    let w = tensor2(matrix_with_norm(&mut rng, dim, 2.0), [dim, dim]);
+    let c: Vec<f64> = rng
+        .normals(batch * dim)
+        .into_iter()
+        .map(|v| 0.1 + v.abs())
+        .collect();
+    let c = tensor2(c, [batch, dim]);
+    move |z: Tensor<2>| {
+        let h = match kind {
+            0 => z.clone() * z.clone(),
+            1 => z.clone().matmul(w.clone()).exp(),
+            _ => z.clone().matmul(w.clone()).tanh() * 0.05,
+        };
+        z.clone() + h + z.abs() * 0.5 + c.clone()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0xD1CE),
+        .. ProptestConfig::default()
+    })]
+
+    /// Must-show 5 (reliability): on random non-contractive maps without a fixed point, every
+    /// solver returns finite values and reports every sample as not converged (diverged,
+    /// non-finite or out of iterations), never as converged.
+    #[test]
+    fn rootless_non_contractive_maps_never_give_nan(
+        kind in 0usize..3,
+        seed in any::<u64>(),
+        batch in 1usize..5,
+        dim in 1usize..20,
+        memory in 1usize..13,
+        log_tol in -9.0f64..-2.0,
+        max_iter in 1usize..80,
+        relative in any::<bool>(),
+    ) {
+        let mut map = rootless_map(kind, seed, batch, dim);
+        for solver in solver_kinds(memory) {
+            let config = SolverConfig::new(solver.clone())
+                .with_tol(10f64.powf(log_tol))
+                .with_stop(if relative { StopMode::Relative } else { StopMode::Absolute })
+                .with_max_iter(max_iter);
+            let result = config.solve(&mut map, zeros(batch, dim), max_iter).unwrap();
+            prop_assert!(
+                host(&result.z).iter().all(|v| v.is_finite()),
+                "{}: non-finite values returned", solver.name()
+            );
+            prop_assert_eq!(result.stats.samples.len(), batch);
+            for (i, s) in result.stats.samples.iter().enumerate() {
+                prop_assert!(
+                    s.status != SolveStatus::Converged,
+                    "{} map {} sample {}: {:?}", solver.name(), kind, i, s
+                );
+            }
+        }
+    }
+}
+
 /// Found by the property test with random seeds: limited-memory Broyden with memory 1 cycled
 /// on a 2-dimensional map (stalled above the 2e-6 absolute tolerance); restarts fix it.
 #[test]

@@ -549,21 +549,19 @@ fn divergent_f_is_reported_and_survived() {
     );
 }
 
-/// SIGKILL at 5 random moments (each 5–30 % of an uninterrupted run's duration after the
-/// process started, so kills land in start-up, steps, evaluation or checkpoint writes), each
-/// followed by `--resume`: the run ends with exactly the uninterrupted run's parameters, and no
-/// half-written checkpoint is left. The moments come from `DEQ_KILL_SEED` (printed; by default
-/// the clock), so a failure can be replayed.
+/// SIGKILL at 5 random points of a run, each followed by `--resume`: the run ends with exactly
+/// the uninterrupted run's parameters, and no half-written checkpoint is left. Each point is a
+/// random step of the 12 (distinct, increasing) plus a random 0–100 ms after that step is
+/// logged, so kills land in training steps, evaluations and checkpoint writes. The points come
+/// from `DEQ_KILL_SEED` (printed; by default the clock), so a failure can be replayed.
 #[test]
 fn sigkill_at_five_random_points_then_resume_matches() {
     let dir = temp_dir("kill5");
     let straight = dir.join("straight");
-    let started = Instant::now();
     ok(&train_args(
         straight.to_str().unwrap(),
         &["--checkpoint-every", "1"],
     ));
-    let duration = started.elapsed();
     let reference = final_model(&straight);
 
     let seed: u64 = std::env::var("DEQ_KILL_SEED")
@@ -575,7 +573,6 @@ fn sigkill_at_five_random_points_then_resume_matches() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    println!("DEQ_KILL_SEED={seed} (uninterrupted run: {duration:?})");
     let mut state = seed | 1;
     let mut uniform = move || {
         // xorshift64*
@@ -584,10 +581,24 @@ fn sigkill_at_five_random_points_then_resume_matches() {
         state ^= state >> 27;
         (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     };
+    // 5 distinct steps of the run's 12 (2 epochs of 6), increasing.
+    let mut steps: Vec<usize> = (1..=12).collect();
+    for i in (1..steps.len()).rev() {
+        steps.swap(i, (uniform() * (i + 1) as f64) as usize);
+    }
+    let mut steps = steps[..5].to_vec();
+    steps.sort();
+    println!("DEQ_KILL_SEED={seed}: kills after steps {steps:?}");
+
     let killed = dir.join("killed");
     let path = killed.to_str().unwrap();
+    let last_logged = || {
+        deq_train::train::read_metrics(&killed.join("metrics.jsonl"))
+            .map(|lines| lines.iter().map(|l| l.step()).max().unwrap_or(0))
+            .unwrap_or(0)
+    };
     let mut kills = Vec::new();
-    while kills.len() < 5 {
+    for &step in &steps {
         let args = if killed.join("config.toml").is_file() {
             vec!["train", "--out", path, "--resume", "--quiet"]
         } else {
@@ -599,24 +610,40 @@ fn sigkill_at_five_random_points_then_resume_matches() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = duration.mul_f64(0.05 + 0.25 * uniform());
-        std::thread::sleep(delay);
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{args:?} failed before its kill");
-            panic!(
-                "the run finished before kill {} ({delay:?})",
-                kills.len() + 1
+        let started = Instant::now();
+        while last_logged() < step {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{args:?} ended before step {step}"
             );
+            assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+            std::thread::sleep(Duration::from_millis(1));
         }
+        let extra = Duration::from_secs_f64(0.1 * uniform());
+        std::thread::sleep(extra);
+        let alive = child.try_wait().unwrap().is_none();
         child.kill().unwrap();
         child.wait().unwrap();
         let newest = deq_train::train::list_checkpoints(&killed)
             .unwrap()
             .last()
             .map(|d| d.file_name().unwrap().to_string_lossy().into_owned());
-        kills.push((delay, newest));
+        assert!(alive, "the run ended before its kill after step {step}");
+        kills.push((step, extra, newest));
     }
-    println!("killed after (delay, newest checkpoint): {kills:?}");
+    println!("killed (after step, + delay, newest checkpoint then): {kills:?}");
+    // A checkpoint write cut short (as by a kill during it) leaves a temporary folder: the
+    // resume goes on from the newest complete checkpoint and clears the temporary one.
+    let newest = deq_train::train::list_checkpoints(&killed)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let partial = killed
+        .join("checkpoints")
+        .join(".partial-step-00000099-4242");
+    std::fs::create_dir(&partial).unwrap();
+    let model = std::fs::read(newest.join("model.bpk")).unwrap();
+    std::fs::write(partial.join("model.bpk"), &model[..model.len() / 3]).unwrap();
     ok(&["train", "--out", path, "--resume", "--quiet"]);
     assert_same(
         &final_model(&killed),

@@ -23,5 +23,5 @@ pub use hypergrad::{BilevelProblem, HypergradMethod, Hypergradient};
 pub use lbfgs::{LbfgsConfig, LbfgsMemory, LbfgsResult, lbfgs};
 pub use logistic::{DataLoss, LogisticLoss, MultinomialLoss, Ridge, RidgeLogistic};
 pub use outer::{OuterConfig, OuterMethod, OuterStep, grid_search, optimize_lambda, random_search};
-pub use sparse::{CsrMatrix, binary_labels, read_libsvm};
+pub use sparse::{CsrMatrix, MAX_LIBSVM_COLUMNS, binary_labels, read_libsvm};
 pub use text::{FORTUNES_POSITIVE, fortunes_dataset};

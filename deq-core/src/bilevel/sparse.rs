@@ -180,6 +180,10 @@ impl CsrMatrix {
     }
 }
 
+/// The largest feature index [`read_libsvm`] accepts (the solvers allocate dense vectors of
+/// the width: 800 MB at this size).
+pub const MAX_LIBSVM_COLUMNS: usize = 100_000_000;
+
 /// Reads LIBSVM text (`label index:value …`, 1-based indices, `#` comments) into a matrix
 /// and a label per row. `cols` fixes the width (else the largest index). Errors name the line.
 pub fn read_libsvm(text: &str, cols: Option<usize>) -> Result<(CsrMatrix, Vec<f64>), BilevelError> {
@@ -214,6 +218,11 @@ pub fn read_libsvm(text: &str, cols: Option<usize>) -> Result<(CsrMatrix, Vec<f6
                 .map_err(|_| fail(format!("index `{i}` is not a whole number")))?;
             if i == 0 {
                 return Err(fail("indices start at 1, found 0".into()));
+            }
+            if i > MAX_LIBSVM_COLUMNS {
+                return Err(fail(format!(
+                    "index {i} exceeds the {MAX_LIBSVM_COLUMNS} columns supported (dense vectors of that length are allocated)"
+                )));
             }
             let v: f64 = v
                 .parse()

@@ -23,10 +23,23 @@ pub const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 /// Reads CIFAR-10 binary batch files into one 3×32×32 image set. A file whose length is not a
 /// whole number of records, or a label ≥ 10, is an error naming the file.
 pub fn read_cifar_batches(files: &[PathBuf]) -> Result<ImageSet, DataError> {
+    let contents = files
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .map(|bytes| (path.clone(), bytes))
+                .map_err(|e| DataError::io(path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    parse_cifar_batches(&contents)
+}
+
+/// [`read_cifar_batches`] on file contents already in memory; the paths only name the files
+/// in errors.
+pub fn parse_cifar_batches(files: &[(PathBuf, Vec<u8>)]) -> Result<ImageSet, DataError> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
-    for path in files {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    for (path, bytes) in files {
         if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
             return Err(DataError::format(
                 path,
@@ -46,7 +59,7 @@ pub fn read_cifar_batches(files: &[PathBuf]) -> Result<ImageSet, DataError> {
     }
     let origin = files
         .first()
-        .map(PathBuf::as_path)
+        .map(|(path, _)| path.as_path())
         .unwrap_or(Path::new("<no files>"));
     ImageSet::new(
         origin,

@@ -23,9 +23,8 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 
-/// Reads a whole file, decompressing it when it starts with the gzip magic bytes.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+/// The contents of file `path` (`raw`), decompressed when they start with the gzip magic bytes.
+fn decode_maybe_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -70,7 +69,12 @@ fn parse(
             u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize
         })
         .collect();
-    let expected = dims.iter().product::<usize>();
+    let Some(expected) = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+        return Err(DataError::format(
+            path,
+            format!("the header's dimensions {dims:?} describe more bytes than can be addressed"),
+        ));
+    };
     let payload = &bytes[header..];
     if payload.len() < expected {
         return Err(DataError::format(
@@ -100,9 +104,30 @@ pub fn read_idx_pair(
     labels: &Path,
     classes: &[&str],
 ) -> Result<ImageSet, DataError> {
-    let (dims, pixels) = parse(images, &read_maybe_gz(images)?, IDX_IMAGES_MAGIC, "images")?;
-    let (label_dims, label_bytes) =
-        parse(labels, &read_maybe_gz(labels)?, IDX_LABELS_MAGIC, "labels")?;
+    let image_bytes = std::fs::read(images).map_err(|e| DataError::io(images, e))?;
+    let label_bytes = std::fs::read(labels).map_err(|e| DataError::io(labels, e))?;
+    parse_idx_pair((images, image_bytes), (labels, label_bytes), classes)
+}
+
+/// [`read_idx_pair`] on file contents already in memory (raw or gzip-compressed); the paths
+/// only name the files in errors.
+pub fn parse_idx_pair(
+    (images, image_bytes): (&Path, Vec<u8>),
+    (labels, label_bytes): (&Path, Vec<u8>),
+    classes: &[&str],
+) -> Result<ImageSet, DataError> {
+    let (dims, pixels) = parse(
+        images,
+        &decode_maybe_gz(images, image_bytes)?,
+        IDX_IMAGES_MAGIC,
+        "images",
+    )?;
+    let (label_dims, label_bytes) = parse(
+        labels,
+        &decode_maybe_gz(labels, label_bytes)?,
+        IDX_LABELS_MAGIC,
+        "labels",
+    )?;
     if dims[0] != label_dims[0] {
         return Err(DataError::CountMismatch {
             images_path: images.to_path_buf(),

@@ -27,14 +27,22 @@ impl ImageSet {
         labels: Vec<u8>,
         classes: Vec<String>,
     ) -> Result<Self, DataError> {
-        let size = channels * height * width;
+        let Some(size) = channels
+            .checked_mul(height)
+            .and_then(|n| n.checked_mul(width))
+        else {
+            return Err(DataError::format(
+                origin,
+                format!("image shape {channels}×{height}×{width} is too large"),
+            ));
+        };
         if size == 0 {
             return Err(DataError::format(
                 origin,
                 format!("empty image shape {channels}×{height}×{width}"),
             ));
         }
-        if pixels.len() != size * labels.len() {
+        if Some(pixels.len()) != size.checked_mul(labels.len()) {
             return Err(DataError::format(
                 origin,
                 format!(

@@ -10,10 +10,13 @@ mod image_set;
 mod source;
 
 pub use batcher::{Augment, ImageBatch, ImageBatcher, ImageDataset, ImageItem, mix};
-pub use cifar_bin::{CIFAR_RECORD, CIFAR10_CLASSES, cifar_files, read_cifar_batches};
+pub use cifar_bin::{
+    CIFAR_RECORD, CIFAR10_CLASSES, cifar_files, parse_cifar_batches, read_cifar_batches,
+};
 pub use error::DataError;
 pub use idx::{
-    FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, idx_files, read_idx_pair,
+    FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, idx_files, parse_idx_pair,
+    read_idx_pair,
 };
 pub use image_folder::{FolderSplits, read_image_folders};
 pub use image_set::ImageSet;

@@ -124,7 +124,13 @@ impl TrainConfig {
     /// Reads a TOML file; unknown keys and wrong types are errors naming the file and key.
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| TrainError::ConfigFile {
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses TOML text; `path` names its origin in errors. Like [`TrainConfig::from_toml_file`],
+    /// it does not check the values: call [`TrainConfig::validate`].
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, TrainError> {
+        toml::from_str(text).map_err(|e| TrainError::ConfigFile {
             path: path.to_path_buf(),
             problem: e.to_string().trim_end().to_string(),
         })

@@ -538,7 +538,7 @@ pub fn train(
                 observe(RunEvent::Checkpoint(&dir));
             }
             if stop && batches_done < batches_per_epoch {
-                return Ok(summary(
+                return summary(
                     false,
                     step,
                     epoch,
@@ -549,7 +549,7 @@ pub fn train(
                     config,
                     parameters,
                     out,
-                )?);
+                );
             }
         }
         observe(RunEvent::Evaluating { epoch });
@@ -585,7 +585,7 @@ pub fn train(
         batches_done = 0;
         totals = EpochTotals::default();
         if options.should_stop(step) && epoch < config.epochs {
-            return Ok(summary(
+            return summary(
                 false,
                 step,
                 epoch,
@@ -596,7 +596,7 @@ pub fn train(
                 config,
                 parameters,
                 out,
-            )?);
+            );
         }
     }
     let result = summary(
