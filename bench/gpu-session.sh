@@ -4,6 +4,7 @@
 #   mkdir -p .gpu && strip -o /tmp/d target/release/deq-train && gzip -9 -c /tmp/d > .gpu/deq-train.gz
 # and download the Vulkan loader packages into .gl/ (see docs/RESULTS.md, "GPU"). There, with
 # .gpu and .gl carried:  STAGES="crosscheck bench-tiny peer-tiny demo" bash bench/gpu-session.sh
+# (STAGES=modes needs only .gpu: 15 CPU training runs, 5 backward modes x 3 seeds.)
 # Every stage has its own time limit and writes into $OUT (session.log and JSON files).
 set -u
 OUT=${OUT:-gpu-out}
@@ -43,6 +44,21 @@ for stage in $STAGES; do
       timeout 130 "$BIN" demo --backend wgpu --out "$OUT/demo" 2>&1 | tee -a "$OUT/session.log"
       cp "$OUT/demo/demo.png" "$OUT/demo.png" 2>/dev/null
       rm -rf "$OUT/demo" ;;
+    modes)
+      # Issue 7's reproduction at CPU scale on the machine's 16 cores: 5 backward modes x 3
+      # seeds, one thread each, all at once; the bundled subset, 2 epochs, same pretraining.
+      log "modes: 15 training runs on the CPU (flex), 1 thread each"
+      lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/session.log"
+      for seed in 0 1 2; do
+        for mode in shine "implicit:max_iter=20" jfb "shine:refine=2" "phantom:k=5,tau=0.5"; do
+          name=$(echo "$mode" | tr ':=,' '---')-s$seed
+          RAYON_NUM_THREADS=1 timeout ${MODES_LIMIT:-520} "$BIN" train --backend flex --data-dir assets/fashion-mnist \
+            --epochs 2 --seed "$seed" --backward "$mode" --out "$OUT/modes/$name" --quiet > "$OUT/modes-$name.log" 2>&1 &
+        done
+      done
+      wait
+      rm -rf "$OUT"/modes/*/checkpoints
+      tail -n 2 "$OUT"/modes-*.log | tee -a "$OUT/session.log" ;;
     *) log "unknown stage $stage" ;;
   esac
 done
