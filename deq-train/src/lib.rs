@@ -8,5 +8,6 @@ pub mod bench;
 pub mod crosscheck;
 pub mod data;
 pub mod fsio;
+pub mod quality;
 pub mod stats;
 pub mod train;

@@ -10,7 +10,7 @@ mod plot;
 use clap::{Parser, Subcommand};
 use deq_core::BackwardMode;
 
-use commands::{BenchArgs, CrossCheckArgs, DemoArgs, EvalArgs, PlotArgs, TrainArgs};
+use commands::{BenchArgs, CrossCheckArgs, DemoArgs, EvalArgs, PlotArgs, QualityArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,9 @@ enum Command {
     /// Time the backward modes (and the forward solve, a training step and the solver's
     /// bookkeeping) on an MDEQ with random batches; `--json` writes the report.
     Bench(Box<BenchArgs>),
+    /// Gradient quality on a trained checkpoint: each backward mode's gradient against a long
+    /// implicit solve's, over test batches (cosine, norm ratio).
+    Quality(QualityArgs),
     /// Compare gradients on two backends (default: wgpu against flex): every backward mode on
     /// the toy DEQ, and MDEQ training steps.
     Crosscheck(CrossCheckArgs),
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Train(args)) => commands::train(&args),
         Some(Command::Eval(args)) => commands::eval(&args),
         Some(Command::Plot(args)) => commands::plot(&args),
+        Some(Command::Quality(args)) => commands::quality(&args),
         Some(Command::Bench(args)) => commands::bench(&args),
         Some(Command::Crosscheck(args)) => commands::crosscheck(&args),
         Some(Command::Demo(args)) => commands::demo(&args),

@@ -131,3 +131,59 @@ fn backends_not_compiled_in_or_unknown_say_what_to_do() {
         "{stderr}"
     );
 }
+
+/// `gradient_quality`: the reference compared with itself gives cosine 1 and norm ratio 1 (the
+/// same batch, dropout masks and solve for every mode); other modes give a cosine in [-1, 1].
+#[test]
+fn gradient_quality_compares_modes_on_the_same_batches() {
+    use deq_train::data::{Augment, ImageBatcher};
+    use deq_train::quality::{QualityConfig, gradient_quality};
+    use deq_train::train::{TrainConfig, load_run_data};
+
+    let config = TrainConfig {
+        test_limit: 32,
+        train_limit: 32,
+        ..TrainConfig::default()
+    };
+    let data = load_run_data(&config).unwrap();
+    let device = backend::cpu().autodiff();
+    device.seed(1);
+    let model = config.model_config().unwrap().init(&device).unwrap();
+    let batcher = ImageBatcher::new(data.test.shape(), &data.mean, &data.std, Augment::NONE);
+    let settings = QualityConfig {
+        batches: 2,
+        batch_size: 8,
+        forward_iters: 12,
+        tol: 1e-4,
+        reference: "implicit:max_iter=40,tol=1e-8".into(),
+        modes: vec![
+            "implicit:max_iter=40,tol=1e-8".into(),
+            "shine".into(),
+            "jfb".into(),
+        ],
+        seed: 0,
+    };
+    let mut seen = 0;
+    let report = gradient_quality(
+        &model,
+        &data.test,
+        &batcher,
+        &device,
+        &settings,
+        &mut |_| seen += 1,
+    )
+    .unwrap();
+    assert_eq!((seen, report.batches.len(), report.modes.len()), (2, 2, 3));
+    for b in &report.batches {
+        assert_eq!(b.samples, 8);
+        assert!((b.cosine[0] - 1.0).abs() < 1e-9, "{b:?}");
+        assert!((b.norm_ratio[0] - 1.0).abs() < 1e-9, "{b:?}");
+        for c in &b.cosine {
+            assert!(c.is_finite() && c.abs() <= 1.0 + 1e-9, "{b:?}");
+        }
+    }
+    assert!(
+        report.modes[1].cosine_median < 1.0 - 1e-6,
+        "SHINE is not the exact gradient"
+    );
+}

@@ -4,6 +4,7 @@ mod crosscheck;
 mod demo;
 mod eval;
 mod plot;
+mod quality;
 mod toy;
 mod train;
 
@@ -12,5 +13,6 @@ pub use crosscheck::{CrossCheckArgs, crosscheck};
 pub use demo::{DemoArgs, demo};
 pub use eval::{EvalArgs, eval};
 pub use plot::{PlotArgs, plot};
+pub use quality::{QualityArgs, quality};
 pub use toy::toy;
 pub use train::{TrainArgs, train};
