@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release -p deq-models --example gradient_quality -- --config small --pretrain-steps 50
 //! ```
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Distribution, Int, Tensor};
@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             loss_fn.forward(out.logits, labels.clone()).backward(),
             &model,
         );
-        let flat = flatten(&model, &grads);
+        let flat = deq_models::gradient_values(&model, &grads);
         let backward = layer.backward.get();
         gradients.push(flat);
         println!(
@@ -193,26 +193,6 @@ fn report_convergence(
         result.stats.max_rel_residual()
     );
     Ok(())
-}
-
-fn flatten(model: &Mdeq, grads: &GradientsParams) -> Vec<f64> {
-    struct Collect<'a> {
-        grads: &'a GradientsParams,
-        out: Vec<f64>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(param.id) {
-                self.out.extend(g.into_data().iter::<f64>());
-            }
-        }
-    }
-    let mut collect = Collect {
-        grads,
-        out: Vec::new(),
-    };
-    model.visit(&mut collect);
-    collect.out
 }
 
 fn norm(a: &[f64]) -> f64 {

@@ -33,4 +33,4 @@ mod params;
 pub use dense::{DenseDeq, DenseDeqConfig, DenseDeqOutput};
 pub use error::ModelError;
 pub use mdeq::{Mdeq, MdeqConfig, MdeqMode, MdeqOutput};
-pub use params::{float_tensors, materialize_params, trainable_params};
+pub use params::{float_tensors, gradient_values, materialize_params, trainable_params};

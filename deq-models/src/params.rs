@@ -1,5 +1,6 @@
-//! Parameter counting.
+//! Parameter counting, parameter and gradient values.
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 /// Number of trainable float parameters: every float parameter except the constant scale and
@@ -70,6 +71,32 @@ pub fn float_tensors<M: Module>(module: &M) -> Vec<(String, ParamId, Tensor<1>)>
     }
     let mut collect = Collect {
         path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut collect);
+    collect.out
+}
+
+/// The gradient of every float tensor of `module` in `grads`, flattened in visiting order into
+/// one vector (f64), with zeros for a tensor without a gradient (running statistics, unused
+/// parameters), so that vectors from different backward passes line up entry for entry.
+pub fn gradient_values<M: Module>(module: &M, grads: &GradientsParams) -> Vec<f64> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<f64>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            match self.grads.get::<D>(param.id) {
+                Some(g) => self.out.extend(g.into_data().iter::<f64>()),
+                None => self
+                    .out
+                    .extend(std::iter::repeat_n(0.0, param.lazy_shape().num_elements())),
+            }
+        }
+    }
+    let mut collect = Collect {
+        grads,
         out: Vec::new(),
     };
     module.visit(&mut collect);

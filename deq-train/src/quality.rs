@@ -2,12 +2,11 @@
 //! against a reference implicit gradient (a long adjoint solve on a tight forward solve), over
 //! batches of a split.
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use deq_core::{BackwardMode, DeqConfig, SolveStatus, SolverConfig, SolverKind};
-use deq_models::{Mdeq, MdeqMode};
+use deq_models::{Mdeq, MdeqMode, gradient_values};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{ImageBatcher, ImageDataset, ImageSet};
@@ -159,7 +158,10 @@ pub fn gradient_quality(
                 loss_fn.forward(out.logits, batch.labels.clone()).backward(),
                 model,
             );
-            Ok((flatten(model, &grads), out.deq.expect("equilibrium mode")))
+            Ok((
+                gradient_values(model, &grads),
+                out.deq.expect("equilibrium mode"),
+            ))
         };
         let (g_ref, ref_out) = gradient(&reference_layer)?;
         let mut quality = BatchQuality {
@@ -209,35 +211,6 @@ pub fn gradient_quality(
         batches,
         modes,
     })
-}
-
-/// Every parameter's gradient, flattened in visiting order (zeros for a parameter without one).
-fn flatten(model: &Mdeq, grads: &GradientsParams) -> Vec<f64> {
-    struct Collect<'a> {
-        grads: &'a GradientsParams,
-        out: Vec<f64>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            match self.grads.get::<D>(param.id) {
-                Some(g) => self.out.extend(
-                    g.into_data()
-                        .convert::<f64>()
-                        .try_to_vec::<f64>()
-                        .expect("f64 after convert"),
-                ),
-                None => self
-                    .out
-                    .extend(std::iter::repeat_n(0.0, param.val().shape().num_elements())),
-            }
-        }
-    }
-    let mut collect = Collect {
-        grads,
-        out: Vec::new(),
-    };
-    model.visit(&mut collect);
-    collect.out
 }
 
 fn norm(a: &[f64]) -> f64 {

@@ -1,10 +1,9 @@
 //! `deq-train eval`: accuracy and solver statistics of a checkpoint.
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use deq_train::data::{Augment, ImageBatcher};
-use deq_train::train::{evaluate, list_checkpoints, load_model, load_run_data, read_state};
+use deq_train::train::{evaluate, load_model, load_run_data, read_state, resolve_checkpoint};
 
 /// The split to evaluate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -39,16 +38,7 @@ pub struct EvalArgs {
 
 /// Runs `eval`.
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let dir = if args.checkpoint.join("state.json").is_file() {
-        args.checkpoint.clone()
-    } else {
-        list_checkpoints(&args.checkpoint)?.pop().with_context(|| {
-            format!(
-                "{} is neither a checkpoint folder (with state.json) nor a run folder with checkpoints",
-                args.checkpoint.display()
-            )
-        })?
-    };
+    let dir = resolve_checkpoint(&args.checkpoint)?;
     let state = read_state(&dir)?;
     let mut config = state.config.clone();
     if args.data_dir.is_some() {

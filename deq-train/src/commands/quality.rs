@@ -6,7 +6,7 @@ use clap::Args;
 use deq_train::data::{Augment, ImageBatcher};
 use deq_train::fsio::write_atomic;
 use deq_train::quality::{QualityConfig, gradient_quality};
-use deq_train::train::{list_checkpoints, load_model, load_run_data, read_state};
+use deq_train::train::{load_model, load_run_data, read_state, resolve_checkpoint};
 
 /// Options of `quality`.
 #[derive(Args, Debug)]
@@ -45,16 +45,7 @@ pub struct QualityArgs {
 
 /// Runs `quality`.
 pub fn quality(args: &QualityArgs) -> anyhow::Result<()> {
-    let dir = if args.checkpoint.join("state.json").is_file() {
-        args.checkpoint.clone()
-    } else {
-        list_checkpoints(&args.checkpoint)?.pop().with_context(|| {
-            format!(
-                "{} is neither a checkpoint folder (with state.json) nor a run folder with checkpoints",
-                args.checkpoint.display()
-            )
-        })?
-    };
+    let dir = resolve_checkpoint(&args.checkpoint)?;
     let state = read_state(&dir)?;
     let mut config = state.config.clone();
     if args.data_dir.is_some() {

@@ -131,6 +131,20 @@ pub fn save_checkpoint(
     Ok(dir)
 }
 
+/// The checkpoint `path` names: `path` itself when it is a checkpoint folder (with
+/// `state.json`), else the newest checkpoint of the run folder `path`.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    list_checkpoints(path)?.pop().ok_or_else(|| {
+        ckpt_err(
+            path,
+            "is neither a checkpoint folder (with state.json) nor a run folder with checkpoints",
+        )
+    })
+}
+
 /// The checkpoint folders of a run, oldest first. Folders being written (temporary names) are
 /// not listed.
 pub fn list_checkpoints(run: &Path) -> Result<Vec<PathBuf>, TrainError> {

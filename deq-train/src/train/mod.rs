@@ -10,7 +10,7 @@ mod run;
 pub use checkpoint::{
     CHECKPOINT_FORMAT, CheckpointState, EpochTotals, KEEP_CHECKPOINTS, checkpoint_dir,
     checkpoint_parameters, config_differences, list_checkpoints, load_model, load_optimizer,
-    parameter_values, read_state, save_checkpoint,
+    parameter_values, read_state, resolve_checkpoint, save_checkpoint,
 };
 pub use config::TrainConfig;
 pub use error::TrainError;
