@@ -3,7 +3,10 @@
 //! shapes at the library API. Each must give an error that names the problem (checked by the
 //! words it must contain), never a panic. `cargo test -p deq-train --test bad_inputs --
 //! --nocapture` prints the table.
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{idx_images, idx_labels, temp_dir};
+use std::path::Path;
 use std::process::Command;
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -11,8 +14,7 @@ use burn::tensor::{DType, Tensor};
 use deq_core::{BackwardMode, DeqConfig, SolveStatus, deq_fn};
 use deq_models::{MdeqConfig, MdeqMode};
 use deq_train::data::{
-    CIFAR_RECORD, DatasetKind, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_splits,
-    parse_cifar_batches, parse_idx_pair, read_image_folders,
+    CIFAR_RECORD, DatasetKind, load_splits, parse_cifar_batches, parse_idx_pair, read_image_folders,
 };
 use deq_train::train::{TrainConfig, list_checkpoints, load_model, read_state};
 
@@ -54,29 +56,6 @@ impl Table {
         }
         self.0.push((area, input.to_string(), shown));
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deq-train-bad-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn idx_images(n: u32, rows: u32, cols: u32) -> Vec<u8> {
-    let mut bytes = IDX_IMAGES_MAGIC.to_be_bytes().to_vec();
-    for d in [n, rows, cols] {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend((0..n * rows * cols).map(|i| (i % 256) as u8));
-    bytes
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut bytes = IDX_LABELS_MAGIC.to_be_bytes().to_vec();
-    bytes.extend((labels.len() as u32).to_be_bytes());
-    bytes.extend(labels);
-    bytes
 }
 
 fn idx(images: Vec<u8>, labels: Vec<u8>) -> Result<(), String> {

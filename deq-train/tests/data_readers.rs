@@ -1,40 +1,13 @@
 //! The dataset readers on generated files in the exact formats, well-formed and malformed.
-use std::io::Write;
+mod common;
+
+use common::{gz, idx_images, idx_labels, temp_dir};
 use std::path::{Path, PathBuf};
 
 use deq_train::data::{
-    Augment, CIFAR_RECORD, DataError, DatasetKind, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC,
-    ImageBatcher, ImageDataset, load_splits, read_cifar_batches, read_idx_pair, read_image_folders,
+    Augment, CIFAR_RECORD, DataError, DatasetKind, ImageBatcher, ImageDataset, load_splits,
+    read_cifar_batches, read_idx_pair, read_image_folders,
 };
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deq-train-data-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn idx_images(n: u32, rows: u32, cols: u32) -> Vec<u8> {
-    let mut bytes = IDX_IMAGES_MAGIC.to_be_bytes().to_vec();
-    for d in [n, rows, cols] {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend((0..n * rows * cols).map(|i| (i * 7 % 256) as u8));
-    bytes
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut bytes = IDX_LABELS_MAGIC.to_be_bytes().to_vec();
-    bytes.extend((labels.len() as u32).to_be_bytes());
-    bytes.extend(labels);
-    bytes
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
 
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();

@@ -12,6 +12,9 @@
 //! - `FUZZ_SEED`: the random stream (default: from the clock; printed).
 //! - Every input must give `Ok` or an error that names the file (or line); a panic fails the
 //!   target, and the input is written to `FUZZ_CRASHES` (default `target/fuzz-crashes`).
+mod common;
+
+use common::{gz, idx_images, idx_labels};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +23,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-use deq_train::data::{IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, parse_cifar_batches, parse_idx_pair};
+use deq_train::data::{parse_cifar_batches, parse_idx_pair};
 use deq_train::train::TrainConfig;
 
 #[derive(Debug, Clone)]
@@ -103,29 +106,6 @@ fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
-
-fn idx_images(n: u32, rows: u32, cols: u32) -> Vec<u8> {
-    let mut bytes = IDX_IMAGES_MAGIC.to_be_bytes().to_vec();
-    for d in [n, rows, cols] {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend((0..n * rows * cols).map(|i| (i * 7 % 256) as u8));
-    bytes
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut bytes = IDX_LABELS_MAGIC.to_be_bytes().to_vec();
-    bytes.extend((labels.len() as u32).to_be_bytes());
-    bytes.extend(labels);
-    bytes
-}
-
 /// Runs `target` on values drawn from `strategy` for the time budget; panics are failures.
 fn fuzz<T: std::fmt::Debug>(
     name: &str,
@@ -138,15 +118,7 @@ fn fuzz<T: std::fmt::Debug>(
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(2.0);
-    let seed: u64 = std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed_from_env("FUZZ_SEED");
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     key[8..16].copy_from_slice(&(name.len() as u64).to_le_bytes());

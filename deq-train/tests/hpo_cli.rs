@@ -1,15 +1,11 @@
 //! The `hpo` subcommand end to end: outputs, and errors that name the problem.
+mod common;
+
+use common::temp_dir;
 use std::process::Command;
 
 fn deq_train() -> Command {
     Command::new(env!("CARGO_BIN_EXE_deq-train"))
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("deq-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

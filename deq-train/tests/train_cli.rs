@@ -1,5 +1,8 @@
 //! `deq-train train / eval / plot` end to end on a small slice of the bundled data: outputs,
 //! interruption and resumption (same parameters as an uninterrupted run), and bad input.
+mod common;
+
+use common::temp_dir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,13 +29,6 @@ const QUICK: &[&str] = &[
     "6",
     "--quiet",
 ];
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deq-train-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -564,15 +560,7 @@ fn sigkill_at_five_random_points_then_resume_matches() {
     ));
     let reference = final_model(&straight);
 
-    let seed: u64 = std::env::var("DEQ_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed_from_env("DEQ_KILL_SEED");
     let mut state = seed | 1;
     let mut uniform = move || {
         // xorshift64*
