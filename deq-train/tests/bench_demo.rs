@@ -43,6 +43,7 @@ fn bench_times_every_mode_and_the_solver_overhead() {
     let overhead = report.solver_overhead.unwrap();
     assert_eq!(overhead.evaluations, 7);
     assert!(overhead.f_eval_ms > 0.0 && overhead.broyden_iteration_ms > 0.0);
+    assert!(overhead.bookkeeping_ms > 0.0 && overhead.bookkeeping_fraction > 0.0);
 
     let bad = BenchConfig {
         modes: vec!["sideways".into()],

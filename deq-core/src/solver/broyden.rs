@@ -1,11 +1,12 @@
 //! Limited-memory ("good") Broyden on the root problem `g(z) = F(z) − z = 0`.
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use super::StopRule;
 use super::low_rank::LowRankInverse;
-use super::tracker::{Tracker, where_rows, zero_rows};
+use super::tracker::{Tracker, row_dot, where_rows};
 
-/// A denominator `vᵀΔg` smaller than this (relative to `‖v‖‖Δg‖`) skips the update.
+/// A denominator `vᵀΔg` smaller than this (relative to `‖Δz‖²`, its value for `B = J_g⁻¹`)
+/// skips the update.
 const DENOM_EPS: f64 = 1e-12;
 /// A sample whose residual has not improved for this many iterations (since its best iterate or
 /// its last restart) restarts: back to its best iterate with `B = −I`.
@@ -18,8 +19,12 @@ const RESTART_GROWTH: f64 = 1e2;
 /// step `z⁺ = z − B g(z)`; update `vᵀ = Δzᵀ B`, `u = (Δz − B Δg) / (vᵀ Δg)`, `B⁺ = B + u vᵀ`,
 /// which keeps the secant identity `B⁺ Δg = Δz`.
 ///
-/// Two low-rank products per iteration: `B g⁺` (which also gives `B Δg = B g⁺ − B g`) and
-/// `Bᵀ Δz`; the next step's `B⁺ g⁺ = B g⁺ + u (v · g⁺)` then costs O(batch · dim).
+/// Per iteration: two low-rank products (`B g⁺` and `v = Bᵀ Δz`, both with the current `B`),
+/// four batched dot products, and one read back to the host (residual norms and the dots
+/// together). The full step `Δz = −B g` gives `Δz − B Δg = −B g⁺`, so `u = −B g⁺ / (vᵀ Δg)`
+/// and `B⁺ g⁺ = B g⁺ · (−vᵀ g / vᵀ Δg)`: two per-sample scalings of `B g⁺`. The scalars need
+/// no product with `v`: `vᵀ g = Δzᵀ B g = −‖Δz‖²` and `vᵀ g⁺ = Δz · (B g⁺)`. An update whose
+/// denominator is below `1e-12 ‖Δz‖²` in magnitude is skipped.
 ///
 /// Limited memory can make the iteration cycle or stall, and a poor secant update can send it
 /// away from the root: a sample that has not improved for [`RESTART_PATIENCE`] iterations, or
@@ -42,55 +47,55 @@ pub(crate) fn broyden(
     inverse.mark_best(&vec![true; batch]);
 
     let (mut z, mut fz) = (z0, fz0);
-    tracker.start(&mut z, &mut fz);
-    let mut g = fz.clone() - z.clone();
-    let mut bg = inverse.apply(g.clone());
+    let g0 = fz.clone() - z.clone();
+    tracker.record(0, &mut z, &mut fz, &g0, &[]);
+    let mut bg = inverse.apply(g0);
     let mut last_restart = vec![0usize; batch];
     for iter in 1..=max_iter {
         if !tracker.any_active() {
             break;
         }
         let moving: Vec<bool> = tracker.active().to_vec();
-        let frozen = tracker.frozen();
-        // Δz = −B g; frozen samples do not move (mask, not multiply: 0·NaN is NaN).
-        let dz = zero_rows(bg.clone().neg(), &frozen);
-        let obs = tracker.advance(iter, map, z.clone() + dz.clone(), &mut z, &mut fz);
-        let g_new = fz.clone() - z.clone();
-
-        // Secant update for the samples that moved.
+        // Δz = −B g (frozen samples stay where they are: the tracker masks their step).
+        let dz = bg.neg();
+        let g_new = tracker.step(map, z.clone() + dz.clone(), &mut z, &mut fz);
+        // Both products use the current B; the NaN rows of samples that just went non-finite
+        // stay in their own rows and are never written.
         let bg_new = inverse.apply(g_new.clone());
-        let b_dg = zero_rows(bg_new.clone() - bg, &frozen);
-        let dg = zero_rows(g_new.clone() - g, &frozen);
-        let v = inverse.apply_transposed(dz.clone()); // vᵀ = Δzᵀ B
-        let denom = (v.clone() * dg.clone()).sum_dim(1);
-        let scale = ((v.clone() * v.clone()).sum_dim(1) * (dg.clone() * dg).sum_dim(1)).sqrt();
-        let host: Vec<f64> = Tensor::cat(vec![denom.clone(), scale], 1)
-            .into_data()
-            .iter::<f64>()
-            .collect();
-        let write: Vec<bool> = (0..batch)
-            .map(|b| {
-                let (d, s) = (host[2 * b], host[2 * b + 1]);
-                moving[b]
-                    && !obs.non_finite[b]
-                    && d.is_finite()
-                    && s.is_finite()
-                    && d.abs() > DENOM_EPS * s
-            })
-            .collect();
+        let dots = [row_dot(&dz, &bg_new), row_dot(&dz, &dz)];
+        let obs = tracker.record(iter, &mut z, &mut fz, &g_new, &dots);
+        let v = inverse.apply_transposed(dz); // vᵀ = Δzᵀ B
+        let (v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
+
+        // Secant update for the samples that moved: per sample, u = s_u · B g⁺ and
+        // B⁺ g⁺ = s_bg · B g⁺.
+        let (mut s_u, mut s_bg) = (vec![0.0; batch], vec![1.0; batch]);
+        let mut write = vec![false; batch];
+        for b in 0..batch {
+            // vᵀ Δg = vᵀ g⁺ − vᵀ g = Δz·(B g⁺) + ‖Δz‖².
+            let denom = v_g_new[b] + dz_dz[b];
+            write[b] = moving[b]
+                && !obs.non_finite[b]
+                && denom.is_finite()
+                && dz_dz[b].is_finite()
+                && denom.abs() > DENOM_EPS * dz_dz[b];
+            if write[b] {
+                s_u[b] = -1.0 / denom;
+                s_bg[b] = dz_dz[b] / denom;
+            }
+        }
         bg = bg_new;
         if write.iter().any(|&w| w) {
-            let skip: Vec<bool> = write.iter().map(|w| !w).collect();
-            // Samples without an update get denominator 1 so that no inf/NaN is formed.
-            let safe = where_rows(denom, &skip, dz.ones_like().narrow(1, 0, 1));
-            let u = zero_rows((dz - b_dg) / safe, &skip);
-            // B⁺ g⁺ = B g⁺ + u (v · g⁺) for the next step.
-            bg = bg + u.clone() * (v.clone() * g_new.clone()).sum_dim(1);
+            let options = (bg.device(), bg.dtype());
+            let column = |values: Vec<f64>| {
+                Tensor::<2>::from_data(TensorData::new(values, [batch, 1]), (&options.0, options.1))
+            };
+            let u = bg.clone() * column(s_u);
+            bg = bg * column(s_bg);
             inverse.push_as_best(u, v, &write, &obs.improved);
         } else {
             inverse.mark_best(&obs.improved);
         }
-        g = g_new;
 
         let restart: Vec<bool> = (0..batch)
             .map(|b| {
@@ -109,8 +114,8 @@ pub(crate) fn broyden(
             }
             inverse.reset(&restart);
             tracker.return_to_best(&restart, &mut z, &mut fz);
-            g = fz.clone() - z.clone();
-            bg = where_rows(bg, &restart, g.clone().neg());
+            let g = fz.clone() - z.clone();
+            bg = where_rows(bg, &restart, g.neg());
         }
     }
     (tracker, inverse.into_best())

@@ -23,6 +23,8 @@ pub struct LowRankInverse {
     /// Pairs of best matrices that later pushes overwrote, to be put back by
     /// [`LowRankInverse::into_best`].
     evicted: Vec<Evicted>,
+    /// Slots `live..capacity` are empty for every sample: products skip them.
+    live: usize,
 }
 
 /// One slot column saved before being overwritten: the rows of the samples whose best matrix
@@ -49,6 +51,7 @@ impl LowRankInverse {
             pushes: vec![0; batch],
             best: vec![0; batch],
             evicted: Vec::new(),
+            live: 0,
         }
     }
 
@@ -90,12 +93,12 @@ impl LowRankInverse {
 
     /// `B x` per sample: `−x + U (Vᵀ x)`. `x`: `[batch, dim]`.
     pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
-        low_rank_product(&self.u, &self.v, x)
+        low_rank_product(&self.u, &self.v, self.live, x)
     }
 
     /// `Bᵀ x` per sample: `−x + V (Uᵀ x)`. This is what SHINE needs. `x`: `[batch, dim]`.
     pub fn apply_transposed(&self, x: Tensor<2>) -> Tensor<2> {
-        low_rank_product(&self.v, &self.u, x)
+        low_rank_product(&self.v, &self.u, self.live, x)
     }
 
     /// The estimate of the transposed inverse, `Bᵀ = −I + V Uᵀ` (the roles of U and V swap).
@@ -142,6 +145,11 @@ impl LowRankInverse {
                     self.stamp[b * capacity + order[b * capacity + j]];
             }
         }
+        // Live pairs now come first: the slots after the largest count are empty everywhere.
+        let live = (0..batch)
+            .map(|b| self.stamps(b).iter().filter(|&&s| s > 0).count())
+            .max()
+            .unwrap_or(0);
         let identity = order.iter().enumerate().all(|(k, &j)| k % capacity == j);
         let (u, v) = if identity {
             (self.u, self.v)
@@ -161,6 +169,7 @@ impl LowRankInverse {
             best: self.pushes.clone(),
             pushes: self.pushes,
             evicted: Vec::new(),
+            live,
         }
     }
 
@@ -218,13 +227,14 @@ impl LowRankInverse {
                     v: v_saved,
                 });
             }
-            ubuf = map_column(ubuf, slot, |old| where_rows(old, &rows, u.clone()));
-            vbuf = map_column(vbuf, slot, |old| where_rows(old, &rows, v.clone()));
+            ubuf = write_column(ubuf, slot, &rows, &u);
+            vbuf = write_column(vbuf, slot, &rows, &v);
         }
         self.u = ubuf;
         self.v = vbuf;
         for b in 0..batch {
             if write[b] {
+                self.live = self.live.max(next[b] + 1);
                 self.pushes[b] += 1;
                 self.stamp[b * capacity + next[b]] = self.pushes[b];
             }
@@ -277,6 +287,7 @@ impl LowRankInverse {
             let (ubuf, vbuf) = self.take_factors();
             self.u = map_column(ubuf, e.slot, |col| where_rows(col, &e.rows, e.u.clone()));
             self.v = map_column(vbuf, e.slot, |col| where_rows(col, &e.rows, e.v.clone()));
+            self.live = self.live.max(e.slot + 1);
             for b in 0..batch {
                 if e.rows[b] {
                     self.stamp[b * capacity + e.slot] = e.stamps[b];
@@ -387,6 +398,20 @@ fn map_column(buf: Tensor<3>, slot: usize, f: impl FnOnce(Tensor<2>) -> Tensor<2
     )
 }
 
+/// `buf` (`[batch, capacity, dim]`) with the rows of column `slot` where `rows` is true taken
+/// from `value` (`[batch, dim]`). When every row is written the old column is not read.
+fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -> Tensor<3> {
+    if rows.iter().all(|&r| r) {
+        let [batch, _, dim] = buf.dims();
+        buf.slice_assign(
+            [0..batch, slot..slot + 1, 0..dim],
+            value.clone().reshape([batch, 1, dim]),
+        )
+    } else {
+        map_column(buf, slot, |old| where_rows(old, rows, value.clone()))
+    }
+}
+
 /// A fresh copy of `tensor` (`[batch, dim]`) with the rows not in `rows` zeroed. Always
 /// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
 fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
@@ -399,19 +424,24 @@ fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
     tensor.mask_fill(mask, 0.0)
 }
 
-/// `−x + Aᵀ-free low-rank product`: per sample `−x + Σⱼ aⱼ (cⱼ · x)` with `a`, `c`:
-/// `[batch, m, dim]`.
-fn low_rank_product(a: &Tensor<3>, c: &Tensor<3>, x: Tensor<2>) -> Tensor<2> {
+/// The low-rank product per sample, `−x + Σⱼ aⱼ (cⱼ · x)` with `a`, `c`: `[batch, m, dim]`, over
+/// the first `live` slots only (the others are empty).
+fn low_rank_product(a: &Tensor<3>, c: &Tensor<3>, live: usize, x: Tensor<2>) -> Tensor<2> {
     let [batch, capacity, dim] = a.dims();
-    if capacity == 0 {
+    let live = live.min(capacity);
+    if live == 0 {
         return x.neg();
     }
+    let (a, c) = if live < capacity {
+        (a.clone().narrow(1, 0, live), c.clone().narrow(1, 0, live))
+    } else {
+        (a.clone(), c.clone())
+    };
     // coefficients cⱼ·x: [batch, m, 1] -> [batch, 1, m]; then Σⱼ coefⱼ aⱼ: [batch, 1, dim].
     let coef = c
-        .clone()
         .matmul(x.clone().reshape([batch, dim, 1]))
-        .reshape([batch, 1, capacity]);
-    let low_rank = coef.matmul(a.clone()).reshape([batch, dim]);
+        .reshape([batch, 1, live]);
+    let low_rank = coef.matmul(a).reshape([batch, dim]);
     low_rank - x
 }
 

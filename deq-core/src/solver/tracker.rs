@@ -14,6 +14,9 @@ pub(crate) struct Observation {
     pub improved: Vec<bool>,
     /// The sample produced a non-finite residual at this iterate.
     pub non_finite: Vec<bool>,
+    /// Per sample, the values of the extra columns passed to [`Tracker::record`], read back in
+    /// the same transfer as the residual norms (`extra[column][sample]`).
+    pub extra: Vec<Vec<f64>>,
 }
 
 pub(crate) struct Tracker {
@@ -65,8 +68,8 @@ impl Tracker {
 
     /// Records the initial point `z` and its image `fz` (iteration 0).
     pub fn start(&mut self, z: &mut Tensor<2>, fz: &mut Tensor<2>) {
-        let obs = self.observe(0, z, fz);
-        self.recover(z, fz, &obs.non_finite);
+        let g = fz.clone() - z.clone();
+        self.record(0, z, fz, &g, &[]);
     }
 
     /// Moves the active samples to `step` (frozen ones stay where they are), evaluates `map`
@@ -79,9 +82,38 @@ impl Tracker {
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
     ) -> Observation {
+        let g = self.step(map, step, z, fz);
+        self.record(iter, z, fz, &g, &[])
+    }
+
+    /// Moves the active samples to `step` (frozen ones stay where they are) and evaluates `map`
+    /// there; `z` and `fz` are updated in place. Returns the residual `g = F(z) − z`. Nothing
+    /// is recorded until [`record`](Self::record).
+    pub fn step(
+        &mut self,
+        map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+        step: Tensor<2>,
+        z: &mut Tensor<2>,
+        fz: &mut Tensor<2>,
+    ) -> Tensor<2> {
         *z = where_rows(step, &self.frozen(), z.clone());
         *fz = map(z.clone());
-        let obs = self.observe(iter, z, fz);
+        fz.clone() - z.clone()
+    }
+
+    /// Records the iterate `z` with image `fz` and residual `g = fz − z` (all `[batch, dim]`) as
+    /// iteration `iter`, reading back the residual norms and the `extra` per-sample columns
+    /// (each `[batch, 1]`) in one transfer. Samples that went non-finite are moved back to their
+    /// best iterate (`z`, `fz` updated in place).
+    pub fn record(
+        &mut self,
+        iter: usize,
+        z: &mut Tensor<2>,
+        fz: &mut Tensor<2>,
+        g: &Tensor<2>,
+        extra: &[Tensor<2>],
+    ) -> Observation {
+        let obs = self.observe(iter, z, fz, g, extra);
         self.recover(z, fz, &obs.non_finite);
         obs
     }
@@ -96,10 +128,26 @@ impl Tracker {
     }
 
     /// Records the iterate `z` with image `fz = F(z)` (both `[batch, dim]`) at iteration `iter`.
-    fn observe(&mut self, iter: usize, z: &Tensor<2>, fz: &Tensor<2>) -> Observation {
+    fn observe(
+        &mut self,
+        iter: usize,
+        z: &Tensor<2>,
+        fz: &Tensor<2>,
+        g: &Tensor<2>,
+        extra: &[Tensor<2>],
+    ) -> Observation {
         self.evaluations += 1;
         let batch = self.active.len();
-        let norms = row_norms(&(fz.clone() - z.clone()), fz);
+        let columns = [vec![row_dot(g, g), row_dot(fz, fz)], extra.to_vec()].concat();
+        let width = columns.len();
+        let host: Vec<f64> = Tensor::cat(columns, 1).into_data().iter::<f64>().collect();
+        let norms: Vec<[f64; 2]> = host
+            .chunks(width)
+            .map(|row| [row[0].sqrt(), row[1].sqrt()])
+            .collect();
+        let extra: Vec<Vec<f64>> = (2..width)
+            .map(|c| host.chunks(width).map(|row| row[c]).collect())
+            .collect();
 
         let mut improved = vec![false; batch];
         let mut non_finite = vec![false; batch];
@@ -143,6 +191,7 @@ impl Tracker {
         Observation {
             improved,
             non_finite,
+            extra,
         }
     }
 
@@ -176,12 +225,21 @@ impl Tracker {
 
 /// Per row, the Euclidean norms of `a` and `b` (both `[batch, dim]`), read back in one transfer.
 pub(crate) fn row_norms(a: &Tensor<2>, b: &Tensor<2>) -> Vec<[f64; 2]> {
-    let norm = |t: &Tensor<2>| (t.clone() * t.clone()).sum_dim(1).sqrt();
-    let host: Vec<f64> = Tensor::cat(vec![norm(a), norm(b)], 1)
+    let host: Vec<f64> = Tensor::cat(vec![row_dot(a, a), row_dot(b, b)], 1)
         .into_data()
         .iter::<f64>()
         .collect();
-    host.chunks(2).map(|p| [p[0], p[1]]).collect()
+    host.chunks(2).map(|p| [p[0].sqrt(), p[1].sqrt()]).collect()
+}
+
+/// Per row, the dot product `aᵢ · bᵢ` (`[batch, dim]` each → `[batch, 1]`), as a batched matrix
+/// product: one pass over both, no `[batch, dim]` temporary.
+pub(crate) fn row_dot(a: &Tensor<2>, b: &Tensor<2>) -> Tensor<2> {
+    let [batch, dim] = a.dims();
+    a.clone()
+        .reshape([batch, 1, dim])
+        .matmul(b.clone().reshape([batch, dim, 1]))
+        .reshape([batch, 1])
 }
 
 /// `tensor` with the rows where `rows` is true taken from `value` (both `[batch, dim]`).
@@ -210,9 +268,9 @@ pub(crate) fn zero_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
 /// A contiguous `[batch, dim]` mask, true on the selected rows.
 fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
     let [batch, dim] = like.dims();
-    let mask: Vec<bool> = rows
-        .iter()
-        .flat_map(|&r| std::iter::repeat_n(r, dim))
-        .collect();
+    let mut mask = vec![false; batch * dim];
+    for (row, _) in mask.chunks_mut(dim).zip(rows).filter(|(_, r)| **r) {
+        row.fill(true);
+    }
     Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &like.device())
 }
