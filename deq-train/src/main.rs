@@ -10,6 +10,12 @@ mod plot;
 use clap::{Parser, Subcommand};
 use deq_core::BackwardMode;
 
+/// mimalloc keeps freed memory for reuse: Burn's CPU backend allocates a fresh buffer for every
+/// tensor operation, and with the system allocator the large ones are new memory mappings whose
+/// pages fault in one by one (see docs/RESULTS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use commands::{BenchArgs, CrossCheckArgs, DemoArgs, EvalArgs, PlotArgs, QualityArgs, TrainArgs};
 
 #[derive(Parser)]
