@@ -24,12 +24,22 @@ struct Args {
     /// Do not print the module tree.
     #[arg(long)]
     no_tree: bool,
+    /// Solve in training mode (batch statistics in the batch norms, dropout on) instead of
+    /// evaluation mode.
+    #[arg(long)]
+    train_mode: bool,
+    /// Seed of the weights and the batch.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = MdeqConfig::preset(&args.config)?;
-    let device = deq_core::device::cpu();
+    let cpu = deq_core::device::cpu();
+    // Training mode is the autodiff device: batch norms use batch statistics, dropout is on.
+    let device = if args.train_mode { cpu.autodiff() } else { cpu };
+    device.seed(args.seed);
     let model = config.init(&device)?;
     if !args.no_tree {
         println!("{model}");
@@ -66,8 +76,16 @@ fn main() -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let stats = out.deq.expect("equilibrium mode").stats;
     println!(
-        "forward Broyden solve, batch {} of {}×{}×{} random N(0, 1) input ({seconds:.2} s, evaluation mode):",
-        args.batch, config.input_channels, size, size
+        "forward Broyden solve, batch {} of {}×{}×{} random N(0, 1) input ({seconds:.2} s, {} mode):",
+        args.batch,
+        config.input_channels,
+        size,
+        size,
+        if args.train_mode {
+            "training"
+        } else {
+            "evaluation"
+        }
     );
     for (i, s) in stats.samples.iter().enumerate() {
         println!(
