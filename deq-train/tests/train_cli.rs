@@ -512,7 +512,7 @@ fn divergent_f_is_reported_and_survived() {
             }
             deq_train::train::MetricsLine::Epoch(e) => {
                 assert!(e.train_loss.is_finite() && e.test_loss.is_finite());
-                epoch_diverged += e.diverged_samples;
+                epoch_diverged += e.failures.diverged_samples;
             }
         }
     }

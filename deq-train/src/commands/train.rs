@@ -324,10 +324,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
                     100.0 * e.test_converged,
                     e.median_backward_ms,
                     e.elapsed_s
-                ) + &if e.diverged_samples + e.skipped_steps > 0 {
+                ) + &if e.failures.diverged_samples + e.failures.skipped_steps > 0 {
+                    let f = &e.failures;
                     format!(
                         "  ({} samples diverged, {} SHINE fallbacks, {} steps skipped)",
-                        e.diverged_samples, e.fallbacks, e.skipped_steps
+                        f.diverged_samples, f.fallbacks, f.skipped_steps
                     )
                 } else {
                     String::new()

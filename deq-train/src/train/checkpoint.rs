@@ -13,6 +13,7 @@ use burn::store::ModuleRecord;
 use deq_models::Mdeq;
 use serde::{Deserialize, Serialize};
 
+use super::metrics::FailureCounts;
 use super::{TrainConfig, TrainError};
 use crate::fsio::{sync_dir, write_atomic};
 
@@ -56,15 +57,9 @@ pub struct EpochTotals {
     pub correct: usize,
     /// Samples seen.
     pub seen: usize,
-    /// Steps skipped because the loss or a gradient was not finite.
-    #[serde(default)]
-    pub skipped: usize,
-    /// Samples whose forward solve diverged or went non-finite.
-    #[serde(default)]
-    pub diverged: usize,
-    /// Samples whose SHINE estimate fell back to the Jacobian-free direction.
-    #[serde(default)]
-    pub fallbacks: usize,
+    /// Skipped steps, diverged samples and SHINE fallbacks so far.
+    #[serde(flatten)]
+    pub failures: FailureCounts,
 }
 
 /// The folder of the checkpoint after `step` steps.

@@ -47,6 +47,30 @@ pub struct StepRecord {
     pub skipped: bool,
 }
 
+/// What went wrong numerically over a span of training (an epoch, a run). In the log and the
+/// run summary these are flat fields of the record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCounts {
+    /// Steps skipped because the loss or a gradient was not finite (parameters untouched).
+    #[serde(default, alias = "skipped")]
+    pub skipped_steps: usize,
+    /// Training samples whose forward solve diverged or went non-finite.
+    #[serde(default, alias = "diverged")]
+    pub diverged_samples: usize,
+    /// Training samples whose SHINE estimate fell back to `∇L`.
+    #[serde(default)]
+    pub fallbacks: usize,
+}
+
+impl FailureCounts {
+    /// Adds one step's counts.
+    pub fn add(&mut self, step: &StepRecord) {
+        self.skipped_steps += usize::from(step.skipped);
+        self.diverged_samples += step.diverged;
+        self.fallbacks += step.fallbacks;
+    }
+}
+
 /// JSON has no NaN: `serde_json` writes a non-finite loss as `null`; read it back as NaN.
 fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
@@ -77,15 +101,9 @@ pub struct EpochRecord {
     pub median_backward_ms: f64,
     /// Training time so far (excluding evaluation), s.
     pub elapsed_s: f64,
-    /// Steps of the epoch skipped because the loss or a gradient was not finite.
-    #[serde(default)]
-    pub skipped_steps: usize,
-    /// Training samples of the epoch whose forward solve diverged or went non-finite.
-    #[serde(default)]
-    pub diverged_samples: usize,
-    /// Training samples of the epoch whose SHINE estimate fell back to `∇L`.
-    #[serde(default)]
-    pub fallbacks: usize,
+    /// The epoch's skipped steps, diverged samples and SHINE fallbacks.
+    #[serde(flatten)]
+    pub failures: FailureCounts,
 }
 
 /// A line of the log.
@@ -175,4 +193,55 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, TrainError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::EpochTotals;
+
+    #[test]
+    fn failure_counts_are_flat_fields_and_read_the_older_names() {
+        let record = EpochRecord {
+            epoch: 0,
+            step: 10,
+            train_loss: 0.5,
+            train_accuracy: 0.8,
+            test_loss: 0.6,
+            test_accuracy: 0.75,
+            test_forward_iters: 12.0,
+            test_converged: 1.0,
+            median_backward_ms: 20.0,
+            elapsed_s: 3.0,
+            failures: FailureCounts {
+                skipped_steps: 1,
+                diverged_samples: 4,
+                fallbacks: 2,
+            },
+        };
+        let line = serde_json::to_value(MetricsLine::Epoch(record.clone())).unwrap();
+        assert_eq!(line["skipped_steps"], 1);
+        assert_eq!(line["diverged_samples"], 4);
+        assert_eq!(line["fallbacks"], 2);
+        let back: MetricsLine = serde_json::from_value(line).unwrap();
+        assert_eq!(back, MetricsLine::Epoch(record));
+
+        // Checkpoints written before the counts were grouped used `skipped` and `diverged`;
+        // older ones had no counts at all.
+        let totals: EpochTotals = serde_json::from_str(
+            r#"{"loss_sum": 1.5, "correct": 3, "seen": 4, "skipped": 1, "diverged": 2, "fallbacks": 5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            totals.failures,
+            FailureCounts {
+                skipped_steps: 1,
+                diverged_samples: 2,
+                fallbacks: 5
+            }
+        );
+        let totals: EpochTotals =
+            serde_json::from_str(r#"{"loss_sum": 1.5, "correct": 3, "seen": 4}"#).unwrap();
+        assert_eq!(totals.failures, FailureCounts::default());
+    }
 }

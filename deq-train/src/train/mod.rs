@@ -16,5 +16,5 @@ pub use config::TrainConfig;
 pub use error::TrainError;
 pub use evaluate::{EvalResult, evaluate};
 pub use fault::{FaultConfig, FaultKind, Faulty};
-pub use metrics::{EpochRecord, MetricsLine, MetricsLog, StepRecord, read_metrics};
+pub use metrics::{EpochRecord, FailureCounts, MetricsLine, MetricsLog, StepRecord, read_metrics};
 pub use run::{RunData, RunEvent, RunOptions, RunSummary, load_run_data, optimizer, train};

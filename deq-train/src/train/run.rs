@@ -23,7 +23,9 @@ use super::checkpoint::{
 };
 use super::evaluate::{EvalResult, evaluate};
 use super::fault::{FaultKind, Faulty};
-use super::metrics::{EpochRecord, MetricsLine, MetricsLog, StepRecord, read_metrics};
+use super::metrics::{
+    EpochRecord, FailureCounts, MetricsLine, MetricsLog, StepRecord, read_metrics,
+};
 use super::{TrainConfig, TrainError};
 use crate::data::{ImageBatch, ImageBatcher, ImageDataset, ImageSet, load_splits, mix};
 use crate::fsio::write_atomic;
@@ -117,15 +119,9 @@ pub struct RunSummary {
     pub backward: String,
     /// Trainable parameters.
     pub parameters: usize,
-    /// Steps skipped because the loss or a gradient was not finite (parameters untouched).
-    #[serde(default)]
-    pub skipped_steps: usize,
-    /// Training samples whose forward solve diverged or went non-finite, over all steps.
-    #[serde(default)]
-    pub diverged_samples: usize,
-    /// Training samples whose SHINE estimate fell back to `∇L`, over all steps.
-    #[serde(default)]
-    pub fallbacks: usize,
+    /// Skipped steps, diverged samples and SHINE fallbacks over all steps.
+    #[serde(flatten)]
+    pub failures: FailureCounts,
 }
 
 /// The data of a run: both splits (limited and viewed as configured) and the normalisation.
@@ -509,9 +505,6 @@ pub fn train(
                 totals.correct += hits;
                 totals.seen += n;
             }
-            totals.skipped += usize::from(skipped);
-            totals.diverged += diverged;
-            totals.fallbacks += fallbacks;
             let record = StepRecord {
                 epoch,
                 step,
@@ -529,6 +522,7 @@ pub fn train(
                 fallbacks,
                 skipped,
             };
+            totals.failures.add(&record);
             log.write(&MetricsLine::Step(record.clone()))?;
             observe(RunEvent::Step(&record));
             let stop = options.should_stop(step);
@@ -572,9 +566,7 @@ pub fn train(
             test_converged: result.converged_fraction,
             median_backward_ms: median(&mut epoch_backward).unwrap_or(0.0),
             elapsed_s: elapsed,
-            skipped_steps: totals.skipped,
-            diverged_samples: totals.diverged,
-            fallbacks: totals.fallbacks,
+            failures: totals.failures,
         };
         log.write(&MetricsLine::Epoch(record.clone()))?;
         let dir = save(&model, &optim, epoch, batches_done, step, elapsed, totals)?;
@@ -737,12 +729,11 @@ fn summary(
     parameters: usize,
     out: &Path,
 ) -> Result<RunSummary, TrainError> {
-    let (mut skipped_steps, mut diverged_samples, mut fallbacks) = (0, 0, 0);
+    // From the log, so that the steps before a resume count too.
+    let mut failures = FailureCounts::default();
     for line in read_metrics(&out.join("metrics.jsonl"))? {
         if let MetricsLine::Step(s) = line {
-            skipped_steps += usize::from(s.skipped);
-            diverged_samples += s.diverged;
-            fallbacks += s.fallbacks;
+            failures.add(&s);
         }
     }
     Ok(RunSummary {
@@ -756,8 +747,6 @@ fn summary(
         median_forward_ms: median(forward),
         backward: config.backward.clone(),
         parameters,
-        skipped_steps,
-        diverged_samples,
-        fallbacks,
+        failures,
     })
 }
