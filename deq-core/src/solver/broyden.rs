@@ -61,10 +61,10 @@ pub(crate) fn broyden(
         let g_new = tracker.step(map, z.clone() + dz.clone(), &mut z, &mut fz);
         // Both products use the current B; the NaN rows of samples that just went non-finite
         // stay in their own rows and are never written.
-        let bg_new = inverse.apply(g_new.clone());
+        // B g⁺ and vᵀ = Δzᵀ B.
+        let (bg_new, v) = inverse.apply_pair(g_new.clone(), dz.clone());
         let dots = [row_dot(&dz, &bg_new), row_dot(&dz, &dz)];
         let obs = tracker.record(iter, &mut z, &mut fz, &g_new, &dots);
-        let v = inverse.apply_transposed(dz); // vᵀ = Δzᵀ B
         let (v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
 
         // Secant update for the samples that moved: per sample, u = s_u · B g⁺ and
