@@ -59,9 +59,8 @@ pub(crate) fn broyden(
         // Δz = −B g (frozen samples stay where they are: the tracker masks their step).
         let dz = bg.neg();
         let g_new = tracker.step(map, z.clone() + dz.clone(), &mut z, &mut fz);
-        // Both products use the current B; the NaN rows of samples that just went non-finite
-        // stay in their own rows and are never written.
-        // B g⁺ and vᵀ = Δzᵀ B.
+        // B g⁺ and vᵀ = Δzᵀ B, both with the current B. The rows of samples that just went
+        // non-finite are NaN; they stay in their own rows and are never written.
         let (bg_new, v) = inverse.apply_pair(g_new.clone(), dz.clone());
         let dots = [row_dot(&dz, &bg_new), row_dot(&dz, &dz)];
         let obs = tracker.record(iter, &mut z, &mut fz, &g_new, &dots);
