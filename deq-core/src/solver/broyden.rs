@@ -47,8 +47,7 @@ pub(crate) fn broyden(
     inverse.mark_best(&vec![true; batch]);
 
     let (mut z, mut fz) = (z0, fz0);
-    let g0 = fz.clone() - z.clone();
-    tracker.record(0, &mut z, &mut fz, &g0, &[]);
+    let g0 = tracker.start(&mut z, &mut fz);
     let mut bg = inverse.apply(g0);
     let mut last_restart = vec![0usize; batch];
     for iter in 1..=max_iter {

@@ -1,7 +1,7 @@
 //! The per-sample limited-memory Broyden inverse `B = −I + Σⱼ uⱼ vⱼᵀ`.
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
-use super::tracker::{where_rows, zero_rows};
+use super::tracker::{rows_mask, where_rows, zero_rows};
 
 /// Bytes of factors (the live slots of `U` and `V` together) per chunk of samples in
 /// [`LowRankInverse::apply_pair`]: well inside a last-level cache.
@@ -196,10 +196,7 @@ impl LowRankInverse {
             }
         }
         // Live pairs now come first: the slots after the largest count are empty everywhere.
-        let live = (0..batch)
-            .map(|b| self.stamps(b).iter().filter(|&&s| s > 0).count())
-            .max()
-            .unwrap_or(0);
+        let live = (0..batch).map(|b| self.rank(b)).max().unwrap_or(0);
         let identity = order.iter().enumerate().all(|(k, &j)| k % capacity == j);
         let (u, v) = if identity {
             (self.u, self.v)
@@ -465,12 +462,8 @@ fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -
 /// A fresh copy of `tensor` (`[batch, dim]`) with the rows not in `rows` zeroed. Always
 /// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
 fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
-    let [batch, dim] = tensor.dims();
-    let mask: Vec<bool> = rows
-        .iter()
-        .flat_map(|&r| std::iter::repeat_n(!r, dim))
-        .collect();
-    let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &tensor.device());
+    let others: Vec<bool> = rows.iter().map(|r| !r).collect();
+    let mask = rows_mask(&others, &tensor);
     tensor.mask_fill(mask, 0.0)
 }
 

@@ -66,10 +66,12 @@ impl Tracker {
         self.active.iter().map(|a| !a).collect()
     }
 
-    /// Records the initial point `z` and its image `fz` (iteration 0).
-    pub fn start(&mut self, z: &mut Tensor<2>, fz: &mut Tensor<2>) {
+    /// Records the initial point `z` and its image `fz` (iteration 0). Returns the residual
+    /// `g = fz − z` as evaluated (before non-finite samples are moved back).
+    pub fn start(&mut self, z: &mut Tensor<2>, fz: &mut Tensor<2>) -> Tensor<2> {
         let g = fz.clone() - z.clone();
         self.record(0, z, fz, &g, &[]);
+        g
     }
 
     /// Moves the active samples to `step` (frozen ones stay where they are), evaluates `map`
@@ -138,16 +140,19 @@ impl Tracker {
     ) -> Observation {
         self.evaluations += 1;
         let batch = self.active.len();
-        let columns = [vec![row_dot(g, g), row_dot(fz, fz)], extra.to_vec()].concat();
-        let width = columns.len();
-        let host: Vec<f64> = Tensor::cat(columns, 1).into_data().iter::<f64>().collect();
-        let norms: Vec<[f64; 2]> = host
-            .chunks(width)
-            .map(|row| [row[0].sqrt(), row[1].sqrt()])
+        let mut columns =
+            read_columns([vec![row_dot(g, g), row_dot(fz, fz)], extra.to_vec()].concat())
+                .into_iter();
+        let (g2, f2) = (
+            columns.next().unwrap_or_default(),
+            columns.next().unwrap_or_default(),
+        );
+        let norms: Vec<[f64; 2]> = g2
+            .iter()
+            .zip(&f2)
+            .map(|(g2, f2)| [g2.sqrt(), f2.sqrt()])
             .collect();
-        let extra: Vec<Vec<f64>> = (2..width)
-            .map(|c| host.chunks(width).map(|row| row[c]).collect())
-            .collect();
+        let extra: Vec<Vec<f64>> = columns.collect();
 
         let mut improved = vec![false; batch];
         let mut non_finite = vec![false; batch];
@@ -225,11 +230,22 @@ impl Tracker {
 
 /// Per row, the Euclidean norms of `a` and `b` (both `[batch, dim]`), read back in one transfer.
 pub(crate) fn row_norms(a: &Tensor<2>, b: &Tensor<2>) -> Vec<[f64; 2]> {
-    let host: Vec<f64> = Tensor::cat(vec![row_dot(a, a), row_dot(b, b)], 1)
-        .into_data()
-        .iter::<f64>()
-        .collect();
-    host.chunks(2).map(|p| [p[0].sqrt(), p[1].sqrt()]).collect()
+    let squares = read_columns(vec![row_dot(a, a), row_dot(b, b)]);
+    squares[0]
+        .iter()
+        .zip(&squares[1])
+        .map(|(a2, b2)| [a2.sqrt(), b2.sqrt()])
+        .collect()
+}
+
+/// Reads per-sample columns (each `[batch, 1]`) back to the host in one transfer:
+/// `result[column][sample]`.
+fn read_columns(columns: Vec<Tensor<2>>) -> Vec<Vec<f64>> {
+    let width = columns.len();
+    let host: Vec<f64> = Tensor::cat(columns, 1).into_data().iter::<f64>().collect();
+    (0..width)
+        .map(|c| host.chunks(width).map(|row| row[c]).collect())
+        .collect()
 }
 
 /// Per row, the dot product `aᵢ · bᵢ` (`[batch, dim]` each → `[batch, 1]`), as a batched matrix
@@ -266,7 +282,7 @@ pub(crate) fn zero_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
 }
 
 /// A contiguous `[batch, dim]` mask, true on the selected rows.
-fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
+pub(crate) fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
     let [batch, dim] = like.dims();
     let mut mask = vec![false; batch * dim];
     for (row, _) in mask.chunks_mut(dim).zip(rows).filter(|(_, r)| **r) {
