@@ -24,7 +24,9 @@ const RESTART_GROWTH: f64 = 1e2;
 /// together). The full step `Δz = −B g` gives `Δz − B Δg = −B g⁺`, so `u = −B g⁺ / (vᵀ Δg)`
 /// and `B⁺ g⁺ = B g⁺ · (−vᵀ g / vᵀ Δg)`: two per-sample scalings of `B g⁺`. The scalars need
 /// no product with `v`: `vᵀ g = Δzᵀ B g = −‖Δz‖²` and `vᵀ g⁺ = Δz · (B g⁺)`. An update whose
-/// denominator is below `1e-12 ‖Δz‖²` in magnitude is skipped.
+/// denominator is below `1e-12 ‖Δz‖²` in magnitude is skipped. `Δz` itself is never formed:
+/// the step is `z − B g`, the product and the dots take `B g` with the sign folded into the
+/// scalars, and the pair is stored as `(−u, −v)` (the same product `u vᵀ`).
 ///
 /// Limited memory can make the iteration cycle or stall, and a poor secant update can send it
 /// away from the root: a sample that has not improved for [`RESTART_PATIENCE`] iterations, or
@@ -55,30 +57,31 @@ pub(crate) fn broyden(
             break;
         }
         let moving: Vec<bool> = tracker.active().to_vec();
-        // Δz = −B g (frozen samples stay where they are: the tracker masks their step).
-        let dz = bg.neg();
-        let g_new = tracker.step(map, z.clone() + dz.clone(), &mut z, &mut fz);
-        // B g⁺ and vᵀ = Δzᵀ B, both with the current B. The rows of samples that just went
-        // non-finite are NaN; they stay in their own rows and are never written.
-        let (bg_new, v) = inverse.apply_pair(g_new.clone(), dz.clone());
-        let dots = [row_dot(&dz, &bg_new), row_dot(&dz, &dz)];
+        // z⁺ = z + Δz with Δz = −B g (frozen samples stay where they are: the tracker masks
+        // their step). Δz itself is never formed: `bg = −Δz` stands in for it below.
+        let g_new = tracker.step(map, z.clone() - bg.clone(), &mut z, &mut fz);
+        // B g⁺ and Bᵀ (B g) = −v (vᵀ = Δzᵀ B), both with the current B. The rows of samples
+        // that just went non-finite are NaN; they stay in their own rows and are never written.
+        let (bg_new, minus_v) = inverse.apply_pair(g_new.clone(), bg.clone());
+        let dots = [row_dot(&bg, &bg_new), row_dot(&bg, &bg)];
         let obs = tracker.record(iter, &mut z, &mut fz, &g_new, &dots);
-        let (v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
+        // Δz·(B g⁺) = −(B g)·(B g⁺); ‖Δz‖² = ‖B g‖².
+        let (minus_v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
 
         // Secant update for the samples that moved: per sample, u = s_u · B g⁺ and
-        // B⁺ g⁺ = s_bg · B g⁺.
-        let (mut s_u, mut s_bg) = (vec![0.0; batch], vec![1.0; batch]);
+        // B⁺ g⁺ = s_bg · B g⁺. The pair is stored as (−u, −v), which has the same product.
+        let (mut minus_s_u, mut s_bg) = (vec![0.0; batch], vec![1.0; batch]);
         let mut write = vec![false; batch];
         for b in 0..batch {
             // vᵀ Δg = vᵀ g⁺ − vᵀ g = Δz·(B g⁺) + ‖Δz‖².
-            let denom = v_g_new[b] + dz_dz[b];
+            let denom = dz_dz[b] - minus_v_g_new[b];
             write[b] = moving[b]
                 && !obs.non_finite[b]
                 && denom.is_finite()
                 && dz_dz[b].is_finite()
                 && denom.abs() > DENOM_EPS * dz_dz[b];
             if write[b] {
-                s_u[b] = -1.0 / denom;
+                minus_s_u[b] = 1.0 / denom;
                 s_bg[b] = dz_dz[b] / denom;
             }
         }
@@ -88,9 +91,9 @@ pub(crate) fn broyden(
             let column = |values: Vec<f64>| {
                 Tensor::<2>::from_data(TensorData::new(values, [batch, 1]), (&options.0, options.1))
             };
-            let u = bg.clone() * column(s_u);
+            let minus_u = bg.clone() * column(minus_s_u);
             bg = bg * column(s_bg);
-            inverse.push_as_best(u, v, &write, &obs.improved);
+            inverse.push_as_best(minus_u, minus_v, &write, &obs.improved);
         } else {
             inverse.mark_best(&obs.improved);
         }

@@ -1,7 +1,7 @@
 //! The per-sample limited-memory Broyden inverse `B = −I + Σⱼ uⱼ vⱼᵀ`.
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Tensor, TensorData};
 
-use super::tracker::{rows_mask, where_rows, zero_rows};
+use super::tracker::{rows_mask, where_rows};
 
 /// Bytes of factors (the live slots of `U` and `V` together) per chunk of samples in
 /// [`LowRankInverse::apply_pair`]: well inside a last-level cache.
@@ -322,7 +322,8 @@ impl LowRankInverse {
     }
 
     /// Per sample, the matrix as it was when last marked best: the pairs pushed since are
-    /// dropped and the pairs they overwrote are put back. Cost O(batch · dim) per affected slot.
+    /// dropped (one masked fill of each buffer) and the pairs they overwrote are put back
+    /// (O(batch · dim) per affected slot).
     pub fn into_best(mut self) -> Self {
         let keep = self.best.clone();
         self.truncate_to(&keep);
@@ -355,18 +356,19 @@ impl LowRankInverse {
         if !drop.iter().any(|&d| d) {
             return;
         }
-        // Zero the dropped pairs slot by slot: O(batch · dim) per slot, in place where possible.
-        let (mut ubuf, mut vbuf) = self.take_factors();
-        for slot in 0..capacity {
-            let rows: Vec<bool> = (0..batch).map(|b| drop[b * capacity + slot]).collect();
-            if !rows.iter().any(|&r| r) {
-                continue;
-            }
-            ubuf = map_column(ubuf, slot, |col| zero_rows(col, &rows));
-            vbuf = map_column(vbuf, slot, |col| zero_rows(col, &rows));
-        }
-        self.u = ubuf;
-        self.v = vbuf;
+        // Zero the dropped pairs: one fill of each buffer under a per-(sample, slot) mask
+        // broadcast along `dim` (a fill, not a product with a 0/1 mask, so that no non-finite
+        // value survives). Measured on flex at `[32, 18, 2352]`: 0.05 ms per solve, against
+        // 1.2 ms slot by slot.
+        let (ubuf, vbuf) = self.take_factors();
+        let [_, _, dim] = ubuf.dims();
+        let mask = Tensor::<3, Bool>::from_data(
+            TensorData::new(drop.clone(), [batch, capacity, 1]),
+            &ubuf.device(),
+        )
+        .expand([batch, capacity, dim]);
+        self.u = ubuf.mask_fill(mask.clone(), 0.0);
+        self.v = vbuf.mask_fill(mask, 0.0);
         // Writing then continues after the newest surviving pair (see `next_slot`).
         for b in 0..batch {
             for j in 0..capacity {

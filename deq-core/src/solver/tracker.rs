@@ -191,8 +191,15 @@ impl Tracker {
                 self.active[b] = false;
             }
         }
-        self.best_z = where_rows(self.best_z.clone(), &improved, z.clone());
-        self.best_fz = where_rows(self.best_fz.clone(), &improved, fz.clone());
+        if improved.iter().all(|&i| i) {
+            self.best_z = z.clone();
+            self.best_fz = fz.clone();
+        } else if improved.iter().any(|&i| i) {
+            // One mask for both.
+            let mask = rows_mask(&improved, z);
+            self.best_z = self.best_z.clone().mask_where(mask.clone(), z.clone());
+            self.best_fz = self.best_fz.clone().mask_where(mask, fz.clone());
+        }
         Observation {
             improved,
             non_finite,
@@ -270,15 +277,6 @@ pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> 
         return value;
     }
     tensor.mask_where(rows_mask(rows, &value), value)
-}
-
-/// `tensor` (`[batch, dim]`) with the rows where `rows` is true set to zero.
-pub(crate) fn zero_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
-    if !rows.iter().any(|&r| r) {
-        return tensor;
-    }
-    let mask = rows_mask(rows, &tensor);
-    tensor.mask_fill(mask, 0.0)
 }
 
 /// A contiguous `[batch, dim]` mask, true on the selected rows.
