@@ -323,3 +323,80 @@ fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Ve
         .map(|p| host(&p.grad(&grads).unwrap()))
         .collect()
 }
+
+/// `conv2d_same` has the value and the gradients of Burn's `conv2d` (both branches of its input
+/// gradient: more input than output channels, and fewer), with the input, the kernel or both
+/// tracked, in f64.
+#[test]
+fn conv2d_same_matches_burn_conv2d() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{DType, TensorData};
+    let device = device();
+    let t4 = |shape: [usize; 4], seed: u64| {
+        let values = Rng::new(seed).normals(shape.iter().product());
+        Tensor::<4>::from_data(TensorData::new(values, shape), (&device, DType::F64))
+    };
+    let host4 = |t: Tensor<4>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+    let rel = |a: &[f64], b: &[f64]| {
+        let num: f64 = a.iter().zip(b).map(|(a, b)| (a - b).powi(2)).sum();
+        let den: f64 = b.iter().map(|b| b * b).sum();
+        (num / den).sqrt()
+    };
+    for (cin, cout, k) in [(6, 2, 3), (2, 6, 3), (5, 3, 1), (4, 4, 5)] {
+        let x = t4([3, cin, 7, 6], 10 + cin as u64);
+        let w = t4([cout, cin, k, k], 20 + cout as u64);
+        let weight_out = t4([3, cout, 7, 6], 30);
+        for (track_x, track_w) in [(true, true), (true, false), (false, true)] {
+            let grads_of = |ours: bool| {
+                let xa = if track_x {
+                    x.clone().autodiff().require_grad()
+                } else {
+                    x.clone()
+                };
+                let wa = if track_w {
+                    w.clone().autodiff().require_grad()
+                } else {
+                    w.clone()
+                };
+                let y = if ours {
+                    deq_core::conv2d_same(xa.clone(), wa.clone())
+                } else {
+                    let p = k / 2;
+                    conv2d(
+                        xa.clone(),
+                        wa.clone(),
+                        None,
+                        ConvOptions::new([1, 1], [p, p], [1, 1], 1),
+                    )
+                };
+                let value = host4(y.clone().without_autodiff());
+                let grads = (y * weight_out.clone().autodiff()).sum().backward();
+                let gx = xa.grad(&grads).map(host4);
+                let gw = wa.grad(&grads).map(host4);
+                (value, gx, gw)
+            };
+            let (v0, gx0, gw0) = grads_of(false);
+            let (v1, gx1, gw1) = grads_of(true);
+            let case = format!("{cin}->{cout}, k {k}, tracked x {track_x}, w {track_w}");
+            assert!(rel(&v1, &v0) < 1e-13, "{case}: value");
+            assert_eq!(gx0.is_some(), track_x, "{case}");
+            assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
+            assert_eq!(gw1.is_some(), track_w, "{case}: kernel gradient present");
+            if let (Some(a), Some(b)) = (gx1, gx0) {
+                assert!(
+                    rel(&a, &b) < 1e-12,
+                    "{case}: input gradient {:e}",
+                    rel(&a, &b)
+                );
+            }
+            if let (Some(a), Some(b)) = (gw1, gw0) {
+                assert!(
+                    rel(&a, &b) < 1e-12,
+                    "{case}: kernel gradient {:e}",
+                    rel(&a, &b)
+                );
+            }
+        }
+    }
+}

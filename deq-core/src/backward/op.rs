@@ -1,6 +1,9 @@
-//! The gradient-replacing identity: the ONE place in the project that touches Burn's backend
-//! internals (the autodiff graph and backend primitives).
+//! Custom autodiff ops: the ONE place in the project that touches Burn's backend internals
+//! (the autodiff graph and backend primitives). Two ops: the gradient-replacing identity that
+//! carries every backward mode, and [`conv2d_same`], a convolution with a cheaper input
+//! gradient.
 //!
+//! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
 //! gradient `g` (shape `[batch, dim]`) to an [`AdjointMap`] and passes the map's result
 //! on to the input's node instead of `g`. Inserted after one tracked application of `f` at the
@@ -18,6 +21,7 @@ use burn::backend::autodiff::{
 use burn::backend::{
     Backend, Dispatch, DispatchKindConversion, backend_extension, tensor::FloatTensor,
 };
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DispatchTensor, Tensor};
 
 type AdjointFn = Box<dyn FnOnce(Tensor<2>) -> Tensor<2> + Send>;
@@ -128,5 +132,127 @@ pub fn adjoint_identity(z: Tensor<2>, map: AdjointMap) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as AdjointOps>::adjoint_identity(
         z.into_dispatch(),
         map,
+    ))
+}
+
+/// Options of a stride-1 convolution with `padding` on every side.
+fn same_options(padding: usize) -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
+}
+
+/// Backend extension carrying [`conv2d_same`].
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+)]
+pub trait ConvSameOps: Backend {
+    /// Stride-1 convolution without bias, `padding` on every side; see [`conv2d_same`].
+    /// `by_conv`: compute the input gradient as a forward convolution.
+    #[allow(unused_variables)]
+    fn conv2d_same(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+        by_conv: bool,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, same_options(padding))
+    }
+}
+
+#[cfg(feature = "flex")]
+impl ConvSameOps for burn::backend::Flex {}
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl ConvSameOps for burn::backend::NdArray {}
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl ConvSameOps for burn::backend::Cube {}
+
+#[derive(Debug)]
+struct ConvSameBackward;
+
+impl<B: Backend> Backward<B, 2> for ConvSameBackward
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    /// `x`, the kernel, the padding, and whether the input gradient is a forward convolution.
+    type State = (FloatTensor<B>, FloatTensor<B>, usize, bool);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, padding, by_conv) = ops.state;
+        let options = same_options(padding);
+        if let Some(node) = node_x {
+            let grad_x = if by_conv {
+                // The input gradient of a stride-1 "same" convolution is the convolution of the
+                // output gradient with the flipped, transposed kernel. Burn's default is a
+                // transposed convolution, which on the CPU is a direct loop: with more input
+                // than output channels the im2col convolution is about twice as fast
+                // (`docs/RESULTS.md`).
+                let flipped = Tensor::<4>::from_primitive::<B>(weight.clone())
+                    .swap_dims(0, 1)
+                    .flip([2, 3]);
+                let out_grad = Tensor::<4>::from_primitive::<B>(grad.clone());
+                burn::tensor::module::conv2d(out_grad, flipped, None, options.clone())
+                    .try_into_primitive::<B>()
+                    .expect("a convolution stays on the backend of its inputs")
+            } else {
+                B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
+            };
+            grads.register::<B>(node.id, grad_x);
+        }
+        if let Some(node) = node_weight {
+            let grad_weight = B::conv2d_weight_backward(x, weight, grad, options);
+            grads.register::<B>(node.id, grad_weight);
+        }
+    }
+}
+
+impl<B: Backend + ConvSameOps, C: CheckpointStrategy> ConvSameOps for Autodiff<B, C>
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    fn conv2d_same(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+        by_conv: bool,
+    ) -> FloatTensor<Self> {
+        let (x, x_guard) = x.into_parts();
+        let (weight, weight_guard) = weight.into_parts();
+        let output = B::conv2d(x.clone(), weight.clone(), None, same_options(padding));
+        match ConvSameBackward
+            .prepare::<C>([x_guard, weight_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, padding, by_conv), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+/// Stride-1 convolution with "same" padding (`k / 2` for a `k × k` kernel) and no bias:
+/// `x` `[batch, in, H, W]`, `weight` `[out, in, k, k]` (odd `k`) → `[batch, out, H, W]`.
+///
+/// The value and gradients are those of `burn::tensor::module::conv2d`; when the kernel has more
+/// input than output channels, the input gradient is computed as a forward convolution with
+/// the flipped, transposed kernel instead of Burn's transposed convolution (the same numbers,
+/// faster on the CPU backend).
+pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
+    let [channels_out, channels_in, kernel, _] = weight.dims();
+    let padding = kernel / 2;
+    if !x.is_tracked() && !weight.is_tracked() {
+        return burn::tensor::module::conv2d(x, weight, None, same_options(padding));
+    }
+    // Both operands on the autodiff backend (one of them may be a constant).
+    let (x, weight) = (x.autodiff(), weight.autodiff());
+    Tensor::from_dispatch(<Dispatch as ConvSameOps>::conv2d_same(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        padding,
+        channels_in > channels_out,
     ))
 }
