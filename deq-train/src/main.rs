@@ -16,6 +16,35 @@ use deq_core::BackwardMode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay`: index 15 in both its v2 and v3 headers (they keep
+/// deprecated entries so that the numbering stays); default 1000 ms in v3 (what the `mimalloc`
+/// crate builds), 10 ms in v2.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Tells mimalloc to keep freed memory instead of returning it to the OS a second later: Burn's
+/// CPU backend frees and reallocates large buffers at every operation, and faulting the pages
+/// back in cost 5–7 % of an implicit training step (docs/RESULTS.md, "mimalloc's purging"). The
+/// process keeps its peak heap. A `MIMALLOC_PURGE_DELAY` set by the user wins; so does any
+/// value other than mimalloc's defaults (then index 15 is not what we expect, and nothing
+/// is changed). Returns whether purging is now off.
+fn keep_freed_memory() -> bool {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return false;
+    }
+    // SAFETY: both calls only read and store one option value of the linked mimalloc.
+    unsafe {
+        if matches!(mi_option_get(MI_OPTION_PURGE_DELAY), 10 | 1000) {
+            mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+        mi_option_get(MI_OPTION_PURGE_DELAY) == -1
+    }
+}
+
 use commands::{BenchArgs, CrossCheckArgs, DemoArgs, EvalArgs, PlotArgs, QualityArgs, TrainArgs};
 
 #[derive(Parser)]
@@ -101,6 +130,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
     match Cli::parse().command {
         None => commands::train(&TrainArgs::default()),
         Some(Command::Train(args)) => commands::train(&args),
@@ -138,5 +168,20 @@ fn main() -> anyhow::Result<()> {
             out,
             outer_iters,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The linked mimalloc has the purge delay at the index we set, with its documented default.
+    #[test]
+    fn freed_memory_is_kept() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads one option value.
+        let before = unsafe { super::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert!(matches!(before, 10 | 1000 | -1), "purge delay {before}");
+        assert!(super::keep_freed_memory());
     }
 }

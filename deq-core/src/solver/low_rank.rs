@@ -654,4 +654,41 @@ mod tests {
             "sample 1 overwrites its oldest pair"
         );
     }
+
+    /// A reset gives `B = −I` for its samples only; the best matrix from before the reset
+    /// comes back with `into_best`, and a best marked after it is the matrix built since.
+    #[test]
+    fn reset_keeps_the_best_restorable() {
+        let n = 3;
+        let z = t(vec![0.0; 2 * n], [2, n]);
+        let mut b = LowRankInverse::identity(&z, 3);
+        let pairs: Vec<_> = (0..6).map(|k| pair(k, n)).collect();
+        for (u, v) in &pairs[..2] {
+            b.push(twice(u), twice(v), &[true, true]);
+        }
+        b.mark_best(&[true, true]);
+        b.push(twice(&pairs[2].0), twice(&pairs[2].1), &[true, true]);
+        b.reset(&[true, false]);
+        assert!(close(&b.dense(0), &dense_of(&[], n)), "sample 0 is −I");
+        assert!(
+            close(&b.dense(1), &dense_of(&pairs[..3], n)),
+            "sample 1 untouched"
+        );
+        for (u, v) in &pairs[3..5] {
+            b.push(twice(u), twice(v), &[true, true]);
+        }
+        assert!(close(&b.dense(0), &dense_of(&pairs[3..5], n)));
+        assert!(close(&b.dense(1), &dense_of(&pairs[2..5], n)));
+        let best = b.clone().into_best();
+        assert!(
+            close(&best.dense(0), &dense_of(&pairs[..2], n)),
+            "sample 0's best from before the reset"
+        );
+        assert!(close(&best.dense(1), &dense_of(&pairs[..2], n)));
+        b.mark_best(&[true, false]);
+        b.push(twice(&pairs[5].0), twice(&pairs[5].1), &[true, true]);
+        let best = b.into_best();
+        assert!(close(&best.dense(0), &dense_of(&pairs[3..5], n)));
+        assert!(close(&best.dense(1), &dense_of(&pairs[..2], n)));
+    }
 }
