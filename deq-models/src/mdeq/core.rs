@@ -4,6 +4,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use deq_core::{DeqFunction, StateShape, detach_module, module_is_autodiff};
+use rayon::prelude::*;
 
 use super::block::{PreparedBlock, ResidualBlock};
 use super::fusion::Fusion;
@@ -91,18 +92,37 @@ impl MdeqCore {
 impl PreparedCore {
     /// f on branch tensors: `z[i]`: `[batch, C_i, H_i, W_i]`, `x`: `[batch, C0, H0, W0]`.
     pub fn forward_branches(&self, z: Vec<Tensor<4>>, x: &Tensor<4>) -> Vec<Tensor<4>> {
-        let outs: Vec<Tensor<4>> = z
-            .into_iter()
-            .zip(&self.blocks)
-            .enumerate()
-            .map(|(i, (zi, block))| block.forward(zi, (i == 0).then_some(x)))
-            .collect();
-        self.fusion
-            .forward(&outs)
-            .into_iter()
-            .zip(self.post_weights.iter().zip(&self.post_norms))
-            .map(|(y, (w, norm))| norm.forward(conv_same(relu(y), w.clone())))
-            .collect()
+        // The branches are independent until the fusion. Without autodiff (the forward solve)
+        // each branch runs as its own task, so that small per-branch tensors still keep every
+        // core busy; with autodiff the graph is built in order (in parallel it was slower).
+        let parallel = !z.iter().any(Tensor::is_tracked) && !x.is_tracked();
+        let block = |(i, (zi, block)): (usize, (Tensor<4>, &PreparedBlock))| {
+            block.forward(zi, (i == 0).then_some(x))
+        };
+        let outs: Vec<Tensor<4>> = if parallel {
+            z.into_par_iter()
+                .zip(self.blocks.par_iter())
+                .enumerate()
+                .map(block)
+                .collect()
+        } else {
+            z.into_iter()
+                .zip(self.blocks.iter())
+                .enumerate()
+                .map(block)
+                .collect()
+        };
+        let post = |(y, (w, norm)): (Tensor<4>, (&Tensor<4>, &GroupNorm))| {
+            norm.forward(conv_same(relu(y), w.clone()))
+        };
+        let fused = self.fusion.forward(&outs);
+        let weights = self.post_weights.iter().zip(&self.post_norms);
+        if parallel {
+            let weights: Vec<_> = weights.collect();
+            fused.into_par_iter().zip(weights).map(post).collect()
+        } else {
+            fused.into_iter().zip(weights).map(post).collect()
+        }
     }
 
     /// The branch shapes of the state.
