@@ -54,7 +54,7 @@ pub mod solver;
 mod state;
 pub mod toy;
 
-pub use backward::op::conv2d_same;
+pub use backward::op::{conv2d_same, group_norm};
 pub use backward::{BackwardMode, BackwardReport, BackwardStats, ParseModeError};
 pub use deq::{Deq, DeqConfig, DeqOutput};
 pub use error::DeqError;

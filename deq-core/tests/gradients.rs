@@ -400,3 +400,104 @@ fn conv2d_same_matches_burn_conv2d() {
         }
     }
 }
+
+/// `group_norm` has the value and the gradients of `burn::nn::GroupNorm` (affine or not; input,
+/// scale and shift tracked or constant), in f64.
+#[test]
+fn group_norm_matches_burn_group_norm() {
+    use burn::module::Param;
+    use burn::nn::GroupNormConfig;
+    use burn::tensor::{DType, TensorData};
+    let device = device();
+    let tensor = |shape: Vec<usize>, seed: u64| {
+        let values = Rng::new(seed).normals(shape.iter().product());
+        let len: usize = shape.iter().product();
+        Tensor::<1>::from_data(TensorData::new(values, [len]), (&device, DType::F64))
+    };
+    let rel = |a: &[f64], b: &[f64]| {
+        let num: f64 = a.iter().zip(b).map(|(a, b)| (a - b).powi(2)).sum();
+        let den: f64 = b.iter().map(|b| b * b).sum();
+        (num / den).sqrt()
+    };
+    let host = |t: Tensor<4>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+    let host1 = |t: Tensor<1>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+    let shape = [3, 6, 4, 5];
+    let x0 = tensor(shape.to_vec(), 41).reshape(shape);
+    let weight = tensor(shape.to_vec(), 42).reshape(shape);
+    for (groups, affine) in [(3, true), (2, false), (6, true)] {
+        for (track_x, track_params) in [(true, true), (true, false), (false, true)] {
+            if !track_x && !affine {
+                continue; // nothing tracked
+            }
+            let gamma0 = tensor(vec![6], 43) * 0.5 + 1.0;
+            let beta0 = tensor(vec![6], 44);
+            let run = |ours: bool| {
+                let x = if track_x {
+                    x0.clone().autodiff().require_grad()
+                } else {
+                    x0.clone().autodiff()
+                };
+                let lift = |t: Tensor<1>| {
+                    if track_params {
+                        t.autodiff().require_grad()
+                    } else {
+                        t.autodiff()
+                    }
+                };
+                let (gamma, beta) = (lift(gamma0.clone()), lift(beta0.clone()));
+                let y = if ours {
+                    deq_core::group_norm(
+                        x.clone(),
+                        groups,
+                        affine.then(|| gamma.clone()),
+                        affine.then(|| beta.clone()),
+                        1e-5,
+                    )
+                } else {
+                    let mut norm = GroupNormConfig::new(groups, 6)
+                        .with_affine(affine)
+                        .init(&device);
+                    if affine {
+                        norm.gamma = Some(Param::from_tensor(gamma.clone()));
+                        norm.beta = Some(Param::from_tensor(beta.clone()));
+                    }
+                    norm.forward(x.clone())
+                };
+                let value = host(y.clone().without_autodiff());
+                let grads = (y * weight.clone().autodiff()).sum().backward();
+                let gx = x.grad(&grads).map(host);
+                let gg = gamma.grad(&grads).map(host1);
+                let gb = beta.grad(&grads).map(host1);
+                (value, gx, gg, gb)
+            };
+            let (v0, gx0, gg0, gb0) = run(false);
+            let (v1, gx1, gg1, gb1) = run(true);
+            let case = format!(
+                "groups {groups}, affine {affine}, tracked x {track_x}, params {track_params}"
+            );
+            assert!(rel(&v1, &v0) < 1e-12, "{case}: value {:e}", rel(&v1, &v0));
+            assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
+            if let (Some(a), Some(b)) = (gx1, gx0) {
+                assert!(
+                    rel(&a, &b) < 1e-10,
+                    "{case}: input gradient {:e}",
+                    rel(&a, &b)
+                );
+            }
+            if affine && track_params {
+                let (a, b) = (gg1.expect("scale gradient"), gg0.expect("reference"));
+                assert!(
+                    rel(&a, &b) < 1e-10,
+                    "{case}: scale gradient {:e}",
+                    rel(&a, &b)
+                );
+                let (a, b) = (gb1.expect("shift gradient"), gb0.expect("reference"));
+                assert!(
+                    rel(&a, &b) < 1e-10,
+                    "{case}: shift gradient {:e}",
+                    rel(&a, &b)
+                );
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Custom autodiff ops: the ONE place in the project that touches Burn's backend internals
 //! (the autodiff graph and backend primitives). Two ops: the gradient-replacing identity that
-//! carries every backward mode, and [`conv2d_same`], a convolution with a cheaper input
-//! gradient.
+//! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]), and
+//! [`conv2d_same`], a convolution with a cheaper input gradient.
 //!
 //! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
@@ -72,6 +72,16 @@ pub trait AdjointOps: Backend {
     fn adjoint_identity(z: FloatTensor<Self>, map: AdjointMap) -> FloatTensor<Self> {
         z
     }
+
+    /// Returns `value` (same shape as `z`); backward, the gradient `g` becomes `map(g)` for `z`.
+    #[allow(unused_variables)]
+    fn replace_value(
+        z: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        map: AdjointMap,
+    ) -> FloatTensor<Self> {
+        value
+    }
 }
 
 #[cfg(feature = "flex")]
@@ -118,6 +128,23 @@ where
         {
             OpsKind::Tracked(prep) => prep.finish(map, primitive),
             OpsKind::UnTracked(prep) => prep.finish(primitive),
+        }
+    }
+
+    fn replace_value(
+        z: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        map: AdjointMap,
+    ) -> FloatTensor<Self> {
+        let (_, guard) = z.into_parts();
+        let (value, _) = value.into_parts();
+        match AdjointBackward
+            .prepare::<C>([guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(map, value),
+            OpsKind::UnTracked(prep) => prep.finish(value),
         }
     }
 }
@@ -255,4 +282,71 @@ pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
         padding,
         channels_in > channels_out,
     ))
+}
+
+/// GroupNorm of `x` (`[batch, C, H, W]`, `C` divisible by `groups`) with optional per-channel
+/// scale `gamma` and shift `beta` (`[C]`): the value of `burn::nn::GroupNorm` (biased variance,
+/// `epsilon` inside the square root).
+///
+/// Tracked, the normalisation is one node of the autodiff graph whose backward is the closed
+/// form `∂x = σ⁻¹ (g − mean(g) − x̂ · mean(g x̂))` per sample and group (`g` the gradient of
+/// `x̂`), instead of the backward of its nine elementwise operations one by one; the affine part
+/// stays ordinary autodiff operations.
+pub fn group_norm(
+    x: Tensor<4>,
+    groups: usize,
+    gamma: Option<Tensor<1>>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<4> {
+    let [batch, channels, height, width] = x.dims();
+    let tracked = x.is_tracked();
+    let (normalized, inv_std) = normalize(x.clone().without_autodiff(), groups, epsilon);
+    let normalized = if tracked {
+        let size = channels * height * width;
+        let saved = normalized.clone();
+        let map = AdjointMap::new(move |grad: Tensor<2>| {
+            let members = saved.dims()[2];
+            let grad = grad.reshape([batch, groups, members]);
+            let mean_grad = grad.clone().mean_dim(2);
+            let mean_dot = (grad.clone() * saved.clone()).mean_dim(2);
+            ((grad - mean_grad - saved * mean_dot) * inv_std).reshape([batch, size])
+        });
+        let value = normalized.reshape([batch, size]).autodiff();
+        let z = x.reshape([batch, size]);
+        Tensor::<2>::from_dispatch(<Dispatch as AdjointOps>::replace_value(
+            z.into_dispatch(),
+            value.into_dispatch(),
+            map,
+        ))
+        .reshape([batch, channels, height, width])
+    } else {
+        let normalized = normalized.reshape([batch, channels, height, width]);
+        if x.is_autodiff() {
+            normalized.autodiff()
+        } else {
+            normalized
+        }
+    };
+    let affine = [1, channels, 1, 1];
+    let scaled = match gamma {
+        Some(gamma) => normalized * gamma.reshape(affine),
+        None => normalized,
+    };
+    match beta {
+        Some(beta) => scaled + beta.reshape(affine),
+        None => scaled,
+    }
+}
+
+/// `(x̂, 1/σ)`: `x` normalised per sample and group (`[batch, groups, members]`) and the
+/// inverse standard deviations (`[batch, groups, 1]`).
+fn normalize(x: Tensor<4>, groups: usize, epsilon: f64) -> (Tensor<3>, Tensor<3>) {
+    let [batch, channels, height, width] = x.dims();
+    let x = x.reshape([batch, groups, channels / groups * height * width]);
+    let centered = x.clone() - x.mean_dim(2);
+    let inv_std = (centered.clone().square().mean_dim(2) + epsilon)
+        .sqrt()
+        .recip();
+    (centered * inv_std.clone(), inv_std)
 }

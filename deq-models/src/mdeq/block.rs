@@ -5,7 +5,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use deq_core::{detach_module, module_is_autodiff};
 
-use super::group_norm;
+use super::{apply_group_norm, group_norm};
 use crate::norm::{
     VariationalDropout, VariationalDropoutConfig, WeightNormConv2d, WeightNormConv2dConfig,
 };
@@ -83,10 +83,10 @@ impl ResidualBlock {
 impl PreparedBlock {
     /// `z`: `[batch, C, H, W]`; `injection` of the same shape (branch 0) or none.
     pub fn forward(&self, z: Tensor<4>, injection: Option<&Tensor<4>>) -> Tensor<4> {
-        let h = relu(
-            self.norm1
-                .forward(crate::norm::conv_same(z.clone(), self.w1.clone())),
-        );
+        let h = relu(apply_group_norm(
+            &self.norm1,
+            crate::norm::conv_same(z.clone(), self.w1.clone()),
+        ));
         let mut h = crate::norm::conv_same(h, self.w2.clone());
         if let Some(mask) = &self.mask {
             h = h * mask.clone();
@@ -94,8 +94,8 @@ impl PreparedBlock {
         if let Some(x) = injection {
             h = h + x.clone();
         }
-        let h = self.norm2.forward(h) + z;
-        self.norm3.forward(relu(h))
+        let h = apply_group_norm(&self.norm2, h) + z;
+        apply_group_norm(&self.norm3, relu(h))
     }
 
     pub(crate) fn without_autodiff(&self) -> Self {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::block::{PreparedBlock, ResidualBlock};
 use super::fusion::Fusion;
-use super::{MdeqConfig, group_norm};
+use super::{MdeqConfig, apply_group_norm, group_norm};
 use crate::norm::{WeightNormConv2d, WeightNormConv2dConfig, conv_same};
 
 /// The parameters of f: residual blocks, fusion and post-fusion layers.
@@ -113,7 +113,7 @@ impl PreparedCore {
                 .collect()
         };
         let post = |(y, (w, norm)): (Tensor<4>, (&Tensor<4>, &GroupNorm))| {
-            norm.forward(conv_same(relu(y), w.clone()))
+            apply_group_norm(norm, conv_same(relu(y), w.clone()))
         };
         let fused = self.fusion.forward(&outs);
         let weights = self.post_weights.iter().zip(&self.post_norms);

@@ -5,7 +5,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-use super::{conv, group_norm};
+use super::{apply_group_norm, conv, group_norm};
 
 /// Coarser to finer: conv1×1 `C_j → C_i` → GroupNorm → nearest upsampling by `factor`.
 #[derive(Module, Debug)]
@@ -90,14 +90,14 @@ impl Fusion {
                     if j > i {
                         let t = up.next().expect("one upsampling map per pair");
                         y = y + upsample_nearest(
-                            t.norm.forward(t.conv.forward(outs[j].clone())),
+                            apply_group_norm(&t.norm, t.conv.forward(outs[j].clone())),
                             t.factor,
                         );
                     } else if j < i {
                         let t = down.next().expect("one downsampling map per pair");
                         let mut h = outs[j].clone();
                         for (k, (c, g)) in t.convs.iter().zip(&t.norms).enumerate() {
-                            h = g.forward(c.forward(h));
+                            h = apply_group_norm(g, c.forward(h));
                             if k + 1 < t.convs.len() {
                                 h = relu(h);
                             }

@@ -38,7 +38,7 @@ pub use stem::{InjectionTransform, Stem};
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 /// A square convolution with "same" padding for stride 1, weights `N(0, std)`, zero bias.
 pub(crate) fn conv(
@@ -68,4 +68,16 @@ pub(crate) fn group_norm(
     GroupNormConfig::new(groups, channels)
         .with_affine(affine)
         .init(device)
+}
+
+/// `norm` applied to `x` (`[batch, C, H, W]`) through [`deq_core::group_norm`]: the same value
+/// and gradients as `norm.forward(x)`, with a fused backward.
+pub(crate) fn apply_group_norm(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    deq_core::group_norm(
+        x,
+        norm.num_groups,
+        norm.gamma.as_ref().map(|gamma| gamma.val()),
+        norm.beta.as_ref().map(|beta| beta.val()),
+        norm.epsilon,
+    )
 }
