@@ -286,7 +286,8 @@ pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
 
 /// GroupNorm of `x` (`[batch, C, H, W]`, `C` divisible by `groups`) with optional per-channel
 /// scale `gamma` and shift `beta` (`[C]`): the value of `burn::nn::GroupNorm` (biased variance,
-/// `epsilon` inside the square root).
+/// `epsilon` inside the square root). Panics, like Burn's own operations, when `C` is not a
+/// multiple of `groups` or `gamma`/`beta` do not have `C` entries.
 ///
 /// Tracked, the normalisation is one node of the autodiff graph whose backward is the closed
 /// form `∂x = σ⁻¹ (g − mean(g) − x̂ · mean(g x̂))` per sample and group (`g` the gradient of
@@ -300,6 +301,10 @@ pub fn group_norm(
     epsilon: f64,
 ) -> Tensor<4> {
     let [batch, channels, height, width] = x.dims();
+    assert!(
+        groups > 0 && channels % groups == 0,
+        "group_norm: {channels} channels cannot be split into {groups} groups"
+    );
     let tracked = x.is_tracked();
     let (normalized, inv_std) = normalize(x.clone().without_autodiff(), groups, epsilon);
     let normalized = if tracked {
