@@ -59,21 +59,17 @@ impl std::fmt::Debug for AdjointMap {
     }
 }
 
-/// Backend extension carrying the gradient-replacing identity.
+/// Backend extension carrying the project's custom autodiff ops: the gradient-replacing
+/// identity in its value-replacing form, and [`conv2d_same`].
 #[backend_extension(
     Autodiff,
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
     Cube: cfg(any(feature = "wgpu", feature = "cuda")),
 )]
-pub trait AdjointOps: Backend {
-    /// Identity forward; see the module docs for the backward.
-    #[allow(unused_variables)]
-    fn adjoint_identity(z: FloatTensor<Self>, map: AdjointMap) -> FloatTensor<Self> {
-        z
-    }
-
+pub trait DeqOps: Backend {
     /// Returns `value` (same shape as `z`); backward, the gradient `g` becomes `map(g)` for `z`.
+    /// With `value = z` this is the gradient-replacing identity (see the module docs).
     #[allow(unused_variables)]
     fn replace_value(
         z: FloatTensor<Self>,
@@ -82,15 +78,27 @@ pub trait AdjointOps: Backend {
     ) -> FloatTensor<Self> {
         value
     }
+
+    /// Stride-1 convolution without bias, `padding` on every side; see [`conv2d_same`].
+    /// `by_conv`: compute the input gradient as a forward convolution.
+    #[allow(unused_variables)]
+    fn conv2d_same(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+        by_conv: bool,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, same_options(padding))
+    }
 }
 
 #[cfg(feature = "flex")]
-impl AdjointOps for burn::backend::Flex {}
+impl DeqOps for burn::backend::Flex {}
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)]
-impl AdjointOps for burn::backend::NdArray {}
+impl DeqOps for burn::backend::NdArray {}
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl AdjointOps for burn::backend::Cube {}
+impl DeqOps for burn::backend::Cube {}
 
 #[derive(Debug)]
 struct AdjointBackward;
@@ -115,22 +123,10 @@ where
     }
 }
 
-impl<B: Backend + AdjointOps, C: CheckpointStrategy> AdjointOps for Autodiff<B, C>
+impl<B: Backend + DeqOps, C: CheckpointStrategy> DeqOps for Autodiff<B, C>
 where
     DispatchTensor: DispatchKindConversion<B>,
 {
-    fn adjoint_identity(z: FloatTensor<Self>, map: AdjointMap) -> FloatTensor<Self> {
-        let (primitive, guard) = z.into_parts();
-        match AdjointBackward
-            .prepare::<C>([guard])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(map, primitive),
-            OpsKind::UnTracked(prep) => prep.finish(primitive),
-        }
-    }
-
     fn replace_value(
         z: FloatTensor<Self>,
         value: FloatTensor<Self>,
@@ -147,6 +143,25 @@ where
             OpsKind::UnTracked(prep) => prep.finish(value),
         }
     }
+
+    fn conv2d_same(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+        by_conv: bool,
+    ) -> FloatTensor<Self> {
+        let (x, x_guard) = x.into_parts();
+        let (weight, weight_guard) = weight.into_parts();
+        let output = B::conv2d(x.clone(), weight.clone(), None, same_options(padding));
+        match ConvSameBackward
+            .prepare::<C>([x_guard, weight_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, padding, by_conv), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
 }
 
 /// Identity on `z` (`[batch, dim]`) whose backward replaces the gradient `g` by `map(g)`.
@@ -156,7 +171,8 @@ pub fn adjoint_identity(z: Tensor<2>, map: AdjointMap) -> Tensor<2> {
     if !z.is_tracked() {
         return z;
     }
-    Tensor::from_dispatch(<Dispatch as AdjointOps>::adjoint_identity(
+    Tensor::from_dispatch(<Dispatch as DeqOps>::replace_value(
+        z.clone().into_dispatch(),
         z.into_dispatch(),
         map,
     ))
@@ -166,35 +182,6 @@ pub fn adjoint_identity(z: Tensor<2>, map: AdjointMap) -> Tensor<2> {
 fn same_options(padding: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
 }
-
-/// Backend extension carrying [`conv2d_same`].
-#[backend_extension(
-    Autodiff,
-    Flex: cfg(feature = "flex"),
-    NdArray: cfg(feature = "ndarray"),
-    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
-)]
-pub trait ConvSameOps: Backend {
-    /// Stride-1 convolution without bias, `padding` on every side; see [`conv2d_same`].
-    /// `by_conv`: compute the input gradient as a forward convolution.
-    #[allow(unused_variables)]
-    fn conv2d_same(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        padding: usize,
-        by_conv: bool,
-    ) -> FloatTensor<Self> {
-        Self::conv2d(x, weight, None, same_options(padding))
-    }
-}
-
-#[cfg(feature = "flex")]
-impl ConvSameOps for burn::backend::Flex {}
-#[cfg(feature = "ndarray")]
-#[allow(deprecated)]
-impl ConvSameOps for burn::backend::NdArray {}
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl ConvSameOps for burn::backend::Cube {}
 
 #[derive(Debug)]
 struct ConvSameBackward;
@@ -237,30 +224,6 @@ where
     }
 }
 
-impl<B: Backend + ConvSameOps, C: CheckpointStrategy> ConvSameOps for Autodiff<B, C>
-where
-    DispatchTensor: DispatchKindConversion<B>,
-{
-    fn conv2d_same(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        padding: usize,
-        by_conv: bool,
-    ) -> FloatTensor<Self> {
-        let (x, x_guard) = x.into_parts();
-        let (weight, weight_guard) = weight.into_parts();
-        let output = B::conv2d(x.clone(), weight.clone(), None, same_options(padding));
-        match ConvSameBackward
-            .prepare::<C>([x_guard, weight_guard])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((x, weight, padding, by_conv), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
-    }
-}
-
 /// Stride-1 convolution with "same" padding (`k / 2` for a `k × k` kernel) and no bias:
 /// `x` `[batch, in, H, W]`, `weight` `[out, in, k, k]` (odd `k`) → `[batch, out, H, W]`.
 ///
@@ -276,7 +239,7 @@ pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
     }
     // Both operands on the autodiff backend (one of them may be a constant).
     let (x, weight) = (x.autodiff(), weight.autodiff());
-    Tensor::from_dispatch(<Dispatch as ConvSameOps>::conv2d_same(
+    Tensor::from_dispatch(<Dispatch as DeqOps>::conv2d_same(
         x.into_dispatch(),
         weight.into_dispatch(),
         padding,
@@ -319,7 +282,7 @@ pub fn group_norm(
         });
         let value = normalized.reshape([batch, size]).autodiff();
         let z = x.reshape([batch, size]);
-        Tensor::<2>::from_dispatch(<Dispatch as AdjointOps>::replace_value(
+        Tensor::<2>::from_dispatch(<Dispatch as DeqOps>::replace_value(
             z.into_dispatch(),
             value.into_dispatch(),
             map,
