@@ -337,12 +337,6 @@ fn conv2d_same_matches_burn_conv2d() {
         let values = Rng::new(seed).normals(shape.iter().product());
         Tensor::<4>::from_data(TensorData::new(values, shape), (&device, DType::F64))
     };
-    let host4 = |t: Tensor<4>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
-    let rel = |a: &[f64], b: &[f64]| {
-        let num: f64 = a.iter().zip(b).map(|(a, b)| (a - b).powi(2)).sum();
-        let den: f64 = b.iter().map(|b| b * b).sum();
-        (num / den).sqrt()
-    };
     for (cin, cout, k) in [(6, 2, 3), (2, 6, 3), (5, 3, 1), (4, 4, 5)] {
         let x = t4([3, cin, 7, 6], 10 + cin as u64);
         let w = t4([cout, cin, k, k], 20 + cout as u64);
@@ -370,31 +364,31 @@ fn conv2d_same_matches_burn_conv2d() {
                         ConvOptions::new([1, 1], [p, p], [1, 1], 1),
                     )
                 };
-                let value = host4(y.clone().without_autodiff());
+                let value = values(y.clone().without_autodiff());
                 let grads = (y * weight_out.clone().autodiff()).sum().backward();
-                let gx = xa.grad(&grads).map(host4);
-                let gw = wa.grad(&grads).map(host4);
+                let gx = xa.grad(&grads).map(values);
+                let gw = wa.grad(&grads).map(values);
                 (value, gx, gw)
             };
             let (v0, gx0, gw0) = grads_of(false);
             let (v1, gx1, gw1) = grads_of(true);
             let case = format!("{cin}->{cout}, k {k}, tracked x {track_x}, w {track_w}");
-            assert!(rel(&v1, &v0) < 1e-13, "{case}: value");
+            assert!(rel_err(&v1, &v0) < 1e-13, "{case}: value");
             assert_eq!(gx0.is_some(), track_x, "{case}");
             assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
             assert_eq!(gw1.is_some(), track_w, "{case}: kernel gradient present");
             if let (Some(a), Some(b)) = (gx1, gx0) {
                 assert!(
-                    rel(&a, &b) < 1e-12,
+                    rel_err(&a, &b) < 1e-12,
                     "{case}: input gradient {:e}",
-                    rel(&a, &b)
+                    rel_err(&a, &b)
                 );
             }
             if let (Some(a), Some(b)) = (gw1, gw0) {
                 assert!(
-                    rel(&a, &b) < 1e-12,
+                    rel_err(&a, &b) < 1e-12,
                     "{case}: kernel gradient {:e}",
-                    rel(&a, &b)
+                    rel_err(&a, &b)
                 );
             }
         }
@@ -414,13 +408,6 @@ fn group_norm_matches_burn_group_norm() {
         let len: usize = shape.iter().product();
         Tensor::<1>::from_data(TensorData::new(values, [len]), (&device, DType::F64))
     };
-    let rel = |a: &[f64], b: &[f64]| {
-        let num: f64 = a.iter().zip(b).map(|(a, b)| (a - b).powi(2)).sum();
-        let den: f64 = b.iter().map(|b| b * b).sum();
-        (num / den).sqrt()
-    };
-    let host = |t: Tensor<4>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
-    let host1 = |t: Tensor<1>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
     let shape = [3, 6, 4, 5];
     let x0 = tensor(shape.to_vec(), 41).reshape(shape);
     let weight = tensor(shape.to_vec(), 42).reshape(shape);
@@ -463,11 +450,11 @@ fn group_norm_matches_burn_group_norm() {
                     }
                     norm.forward(x.clone())
                 };
-                let value = host(y.clone().without_autodiff());
+                let value = values(y.clone().without_autodiff());
                 let grads = (y * weight.clone().autodiff()).sum().backward();
-                let gx = x.grad(&grads).map(host);
-                let gg = gamma.grad(&grads).map(host1);
-                let gb = beta.grad(&grads).map(host1);
+                let gx = x.grad(&grads).map(values);
+                let gg = gamma.grad(&grads).map(values);
+                let gb = beta.grad(&grads).map(values);
                 (value, gx, gg, gb)
             };
             let (v0, gx0, gg0, gb0) = run(false);
@@ -475,27 +462,31 @@ fn group_norm_matches_burn_group_norm() {
             let case = format!(
                 "groups {groups}, affine {affine}, tracked x {track_x}, params {track_params}"
             );
-            assert!(rel(&v1, &v0) < 1e-12, "{case}: value {:e}", rel(&v1, &v0));
+            assert!(
+                rel_err(&v1, &v0) < 1e-12,
+                "{case}: value {:e}",
+                rel_err(&v1, &v0)
+            );
             assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
             if let (Some(a), Some(b)) = (gx1, gx0) {
                 assert!(
-                    rel(&a, &b) < 1e-10,
+                    rel_err(&a, &b) < 1e-10,
                     "{case}: input gradient {:e}",
-                    rel(&a, &b)
+                    rel_err(&a, &b)
                 );
             }
             if affine && track_params {
                 let (a, b) = (gg1.expect("scale gradient"), gg0.expect("reference"));
                 assert!(
-                    rel(&a, &b) < 1e-10,
+                    rel_err(&a, &b) < 1e-10,
                     "{case}: scale gradient {:e}",
-                    rel(&a, &b)
+                    rel_err(&a, &b)
                 );
                 let (a, b) = (gb1.expect("shift gradient"), gb0.expect("reference"));
                 assert!(
-                    rel(&a, &b) < 1e-10,
+                    rel_err(&a, &b) < 1e-10,
                     "{case}: shift gradient {:e}",
-                    rel(&a, &b)
+                    rel_err(&a, &b)
                 );
             }
         }

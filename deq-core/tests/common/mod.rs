@@ -34,6 +34,11 @@ pub fn tensor2(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
     )
 }
 
+/// The values of a tensor of any rank (consumed), in f64.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().iter::<f64>().collect()
+}
+
 pub fn host(t: &Tensor<2>) -> Vec<f64> {
     t.to_data().iter::<f64>().collect()
 }
