@@ -16,6 +16,24 @@ pub fn cpu() -> Device {
     Device::default()
 }
 
+/// Whether `device` runs its kernels on the CPU from host memory (flex, ndarray; an autodiff
+/// device answers for the device it wraps). The solvers read large factors in cache-sized
+/// chunks there; on a GPU (or any cubecl runtime) every chunk is only more kernel launches.
+pub fn is_host_memory(device: &Device) -> bool {
+    // Device equality is hardware identity: it ignores the autodiff association.
+    #[cfg(feature = "flex")]
+    if *device == Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    if *device == Device::ndarray() {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
 /// Backends compiled into this build.
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut names = Vec::new();
@@ -163,5 +181,26 @@ fn wgpu_adapter() -> Result<String, String> {
              libvulkan1` for the software one) or use `--backend flex`"
                 .to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    #[test]
+    fn the_cpu_device_keeps_host_memory_with_or_without_autodiff() {
+        assert!(is_host_memory(&cpu()));
+        assert!(is_host_memory(&cpu().autodiff()));
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn a_wgpu_device_does_not_use_host_memory() {
+        if let Ok(device) = device("wgpu") {
+            assert!(!is_host_memory(&device));
+            assert!(!is_host_memory(&device.autodiff()));
+        }
     }
 }

@@ -106,12 +106,18 @@ impl LowRankInverse {
     }
 
     /// `(B x, Bᵀ y)` per sample (`x`, `y`: `[batch, dim]`), the values of
-    /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed). When the
-    /// factors are larger than 8 MiB (`PAIR_CHUNK_BYTES`), they are read a chunk of samples at a time
-    /// and both products are formed per chunk, so that the second pass over each factor finds
-    /// it in the cache: two passes over memory instead of four.
+    /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed). On a CPU
+    /// backend, when the factors are larger than 8 MiB (`PAIR_CHUNK_BYTES`), they are read a
+    /// chunk of samples at a time and both products are formed per chunk, so that the second
+    /// pass over each factor finds it in the cache: two passes over memory instead of four. On
+    /// a GPU the two products run over the whole batch (chunks would only add launches).
     pub fn apply_pair(&self, x: Tensor<2>, y: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        self.apply_pair_in_chunks(x, y, PAIR_CHUNK_BYTES)
+        let chunk_bytes = if crate::device::is_host_memory(&self.u.device()) {
+            PAIR_CHUNK_BYTES
+        } else {
+            usize::MAX
+        };
+        self.apply_pair_in_chunks(x, y, chunk_bytes)
     }
 
     /// [`apply_pair`](Self::apply_pair) with chunks of at most `chunk_bytes` of factors (at

@@ -267,8 +267,8 @@ pub(crate) fn row_dot(a: &Tensor<2>, b: &Tensor<2>) -> Tensor<2> {
 
 /// `tensor` with the rows where `rows` is true taken from `value` (both `[batch, dim]`).
 ///
-/// No work when no row (or every row) is selected; otherwise one `mask_where` with a
-/// contiguous mask (a broadcast mask takes the backends' slow strided path).
+/// No work when no row (or every row) is selected; otherwise one `mask_where` (see
+/// [`rows_mask`] for the mask's layout).
 pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> Tensor<2> {
     if !rows.iter().any(|&r| r) {
         return tensor;
@@ -279,12 +279,20 @@ pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> 
     tensor.mask_where(rows_mask(rows, &value), value)
 }
 
-/// A contiguous `[batch, dim]` mask, true on the selected rows.
+/// A `[batch, dim]` mask, true on the selected rows. On a CPU backend it is built contiguous
+/// on the host (a broadcast mask takes the CPU backends' slow strided path); on a GPU it is a
+/// `[batch, 1]` column broadcast along `dim`, so that `batch` flags cross the bus instead of
+/// `batch · dim`.
 pub(crate) fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
     let [batch, dim] = like.dims();
+    let device = like.device();
+    if !crate::device::is_host_memory(&device) {
+        return Tensor::<2, Bool>::from_data(TensorData::new(rows.to_vec(), [batch, 1]), &device)
+            .expand([batch, dim]);
+    }
     let mut mask = vec![false; batch * dim];
     for (row, _) in mask.chunks_mut(dim).zip(rows).filter(|(_, r)| **r) {
         row.fill(true);
     }
-    Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &like.device())
+    Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &device)
 }
