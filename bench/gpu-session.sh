@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The prepared script for a lent GPU machine (NVIDIA driver, CUDA and PyTorch there, no Rust).
 # Here: `cargo build --release -p deq-train --features wgpu`, then
-#   mkdir -p .gpu && strip -o /tmp/d target/release/deq-train && gzip -9 -c /tmp/d > .gpu/deq-train.gz
-# and download the Vulkan loader packages into .gl/ (see docs/RESULTS.md, "GPU"). There, with
-# .gpu and .gl carried:  STAGES="crosscheck bench-tiny peer-tiny demo" bash bench/gpu-session.sh
-# (STAGES=modes needs only .gpu: 15 CPU training runs, 5 backward modes x 3 seeds.)
+#   mkdir -p .gpu && strip -o /tmp/d target/release/deq-train && xz -9e -c /tmp/d > .gpu/deq-train.xz
+# (≈ 18 MB; an older build as .gpu/deq-train-old.xz for the compare stages) and download the
+# Vulkan loader packages into .gl/ (see docs/RESULTS.md, "GPU"). There, with .gpu and .gl
+# carried:  STAGES="crosscheck bench-tiny peer-tiny demo" bash bench/gpu-session.sh
+# (STAGES=modes needs only .gpu: 15 CPU training runs, 5 backward modes x 3 seeds;
+# compare-tiny / compare-small time the old build against the new one, SHINE and implicit.)
 # Every stage has its own time limit and writes into $OUT (session.log and JSON files).
 set -u
 OUT=${OUT:-gpu-out}
@@ -22,7 +24,10 @@ for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulka
   if [ -f "$icd" ]; then export VK_DRIVER_FILES=$icd; break; fi
 done
 echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}" | tee -a "$OUT/session.log"
-gunzip -c .gpu/deq-train.gz > "$BIN" && chmod +x "$BIN"
+# The builds travel xz-compressed (python's lzma unpacks them: no xz tool needed there).
+unpack() { python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$1" "$2" && chmod +x "$2"; }
+unpack .gpu/deq-train.xz "$BIN"
+[ -f .gpu/deq-train-old.xz ] && unpack .gpu/deq-train-old.xz "$BIN-old"
 
 for stage in $STAGES; do
   case $stage in
@@ -30,6 +35,13 @@ for stage in $STAGES; do
       log "crosscheck: every backward mode's gradient on WGPU against flex (autotune minimal)"
       CUBECL_AUTOTUNE_LEVEL=minimal timeout 150 "$BIN" crosscheck --backend wgpu --against flex --steps 3 --json > "$OUT/crosscheck.json" 2>> "$OUT/session.log"
       echo "rc=$?" | tee -a "$OUT/session.log" ;;
+    compare-tiny|compare-small)
+      model=${stage#compare-}
+      log "old build, then new build: MDEQ $model, batch 32, SHINE and implicit, WGPU"
+      for which in old new; do
+        bin=$BIN; [ $which = old ] && bin=$BIN-old
+        timeout 100 "$bin" bench --model "$model" --batch 32 --backend wgpu --mode shine --mode implicit --reps 10 --warmup 2 --json "$OUT/compare-$model-$which.json" 2>&1 | tail -4 | tee -a "$OUT/session.log"
+      done ;;
     bench-tiny|bench-small)
       model=${stage#bench-}
       log "bench: MDEQ $model, batch 32, every mode, WGPU"
