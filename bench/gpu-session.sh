@@ -50,7 +50,7 @@ for stage in $STAGES; do
       model=${stage#peer-}
       log "PyTorch peer on CUDA, then ours on WGPU: MDEQ $model, batch 32, implicit"
       PYTHONUNBUFFERED=1 timeout 90 python3 bench/peer/peer_mdeq.py --model "$model" --batch 32 --forward-iters 18 --tol 1e-3 --dropout 0 --reps 20 --warmup 3 --device cuda --json "$OUT/peer-$model-cuda.json" 2>&1 | tail -15 | tee -a "$OUT/session.log"
-      timeout 60 "$BIN" bench --model "$model" --batch 32 --backend wgpu --mode implicit --reps 20 --warmup 3 --no-overhead --json "$OUT/bench-$model-wgpu-implicit.json" 2>&1 | tail -4 | tee -a "$OUT/session.log" ;;
+      timeout 120 "$BIN" bench --model "$model" --batch 32 --backend wgpu --mode implicit --reps 20 --warmup 3 --no-overhead --json "$OUT/bench-$model-wgpu-implicit.json" 2>&1 | tail -4 | tee -a "$OUT/session.log" ;;
     demo)
       log "demo on WGPU"
       timeout 130 "$BIN" demo --backend wgpu --out "$OUT/demo" 2>&1 | tee -a "$OUT/session.log"

@@ -22,6 +22,8 @@ pub struct Comparison {
     pub rel_diff: f64,
     /// The worst single tensor's relative difference.
     pub worst_tensor: f64,
+    /// For the MDEQ: that tensor's parameter path.
+    pub worst_name: Option<String>,
     /// For the toy: the test backend's distance to the exact (f64, tight) implicit gradient.
     pub rel_to_exact: Option<f64>,
     /// For the toy: how far the same mode moves between f32 and f64 on the reference backend
@@ -156,6 +158,7 @@ pub fn toy(
                 mode: mode.to_string(),
                 rel_diff,
                 worst_tensor,
+                worst_name: None,
                 rel_to_exact: Some(compare(&g_test, &exact_grads).0),
                 f32_vs_f64: Some(rounding),
                 tolerance: TOY_TOLERANCE.max(ROUNDING_FACTOR * rounding),
@@ -168,19 +171,39 @@ pub fn toy(
 
 /// `(‖a − b‖ / ‖b‖ over all tensors, worst tensor's relative difference)`.
 pub fn compare(a: &[Vec<f64>], b: &[Vec<f64>]) -> (f64, f64) {
-    let (mut diff, mut norm, mut worst) = (0.0, 0.0, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
+    let (overall, worst, _) = compare_tensors(a.iter().zip(b));
+    (overall, worst)
+}
+
+/// [`compare`] for named tensors (paired in order), with the worst tensor's name.
+fn compare_named(a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]) -> (f64, f64, Option<String>) {
+    let (overall, worst, at) = compare_tensors(a.iter().zip(b).map(|((_, x), (_, y))| (x, y)));
+    (overall, worst, at.map(|k| b[k].0.clone()))
+}
+
+/// Over the pairs `(x, y)`: `‖x − y‖ / ‖y‖` for all together, the largest per-pair value, and
+/// the index of the pair that has it.
+fn compare_tensors<'a>(
+    pairs: impl Iterator<Item = (&'a Vec<f64>, &'a Vec<f64>)>,
+) -> (f64, f64, Option<usize>) {
+    let (mut diff, mut norm, mut worst, mut at) = (0.0, 0.0, 0.0f64, None);
+    for (k, (x, y)) in pairs.enumerate() {
         let d: f64 = x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum();
         let n: f64 = y.iter().map(|q| q * q).sum();
         diff += d;
         norm += n;
-        if n > 0.0 {
-            worst = worst.max((d / n).sqrt());
+        let rel = if n > 0.0 {
+            (d / n).sqrt()
         } else if d > 0.0 {
-            worst = f64::INFINITY;
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        if rel > worst {
+            (worst, at) = (rel, Some(k));
         }
     }
-    ((diff / norm.max(f64::MIN_POSITIVE)).sqrt(), worst)
+    ((diff / norm.max(f64::MIN_POSITIVE)).sqrt(), worst, at)
 }
 
 /// A small MDEQ (the `small` preset with half its channels, no dropout and no batch norm) for
@@ -256,17 +279,19 @@ fn mdeq_gradients(
     Ok((model, grads, values))
 }
 
-/// An MDEQ comparison from `(relative difference, worst tensor)`, with [`MDEQ_TOLERANCE`].
+/// An MDEQ comparison from `(relative difference, worst tensor, its name)`, with
+/// [`MDEQ_TOLERANCE`].
 fn mdeq_comparison(
     case: String,
     mode: &BackwardMode,
-    (rel_diff, worst_tensor): (f64, f64),
+    (rel_diff, worst_tensor, worst_name): (f64, f64, Option<String>),
 ) -> Comparison {
     Comparison {
         case,
         mode: mode.to_string(),
         rel_diff,
         worst_tensor,
+        worst_name,
         rel_to_exact: None,
         f32_vs_f64: None,
         tolerance: MDEQ_TOLERANCE,
@@ -292,8 +317,6 @@ pub fn mdeq(
 ) -> Result<Vec<Comparison>, CrossCheckError> {
     reference.seed(5);
     let init = check_model_config().init(&reference.clone().autodiff())?;
-    let values =
-        |v: &[(String, Vec<f64>)]| -> Vec<Vec<f64>> { v.iter().map(|(_, x)| x.clone()).collect() };
     let mut out = Vec::new();
     let mut push = |c: Comparison, out: &mut Vec<Comparison>| {
         progress(&c);
@@ -329,7 +352,7 @@ pub fn mdeq(
                 mdeq_comparison(
                     format!("mdeq gradients, step {step}"),
                     mode,
-                    compare(&values(&v_test), &values(&v_ref)),
+                    compare_named(&v_test, &v_ref),
                 ),
                 &mut out,
             );
@@ -339,14 +362,31 @@ pub fn mdeq(
                 mdeq_comparison(
                     format!("mdeq parameters after step {step}"),
                     mode,
-                    compare(
-                        &values(&collect(&stepped_test, None)),
-                        &values(&collect(&model, None)),
-                    ),
+                    compare_named(&collect(&stepped_test, None), &collect(&model, None)),
                 ),
                 &mut out,
             );
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_named_names_the_worst_tensor() {
+        let named = |v: [(&str, Vec<f64>); 3]| -> Vec<(String, Vec<f64>)> {
+            v.into_iter().map(|(n, x)| (n.to_string(), x)).collect()
+        };
+        let reference = named([("a", vec![1.0, 1.0]), ("b", vec![1e-6]), ("c", vec![2.0])]);
+        let test = named([("a", vec![1.0, 1.1]), ("b", vec![3e-6]), ("c", vec![2.0])]);
+        let (overall, worst, name) = compare_named(&test, &reference);
+        assert_eq!(name.as_deref(), Some("b"));
+        assert!((worst - 2.0).abs() < 1e-9, "{worst}");
+        assert!((overall - 0.1 / 6.0f64.sqrt()).abs() < 1e-6, "{overall}");
+        let (_, worst, name) = compare_named(&reference, &reference);
+        assert_eq!((worst, name), (0.0, None));
+    }
 }

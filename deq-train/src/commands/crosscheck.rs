@@ -36,7 +36,7 @@ pub fn crosscheck(args: &CrossCheckArgs) -> anyhow::Result<()> {
     // shows what it found.
     let line = |c: &Comparison| {
         format!(
-            "{:<30} {:<50} {:>9.2e} {:>9.2e} {:>9} {:>9} {:>8.1e}{}",
+            "{:<30} {:<50} {:>9.2e} {:>9.2e} {:>9} {:>9} {:>8.1e}{}{}",
             c.case,
             c.mode,
             c.rel_diff,
@@ -44,7 +44,10 @@ pub fn crosscheck(args: &CrossCheckArgs) -> anyhow::Result<()> {
             c.f32_vs_f64.map_or("-".into(), |e| format!("{e:.2e}")),
             c.rel_to_exact.map_or("-".into(), |e| format!("{e:.2e}")),
             c.tolerance,
-            if c.passes() { "" } else { "  FAIL" }
+            if c.passes() { "" } else { "  FAIL" },
+            c.worst_name
+                .as_ref()
+                .map_or(String::new(), |n| format!("  (worst: {n})"))
         )
     };
     let json = args.json;
