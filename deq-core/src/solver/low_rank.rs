@@ -1,7 +1,7 @@
 //! The per-sample limited-memory Broyden inverse `B = −I + Σⱼ uⱼ vⱼᵀ`.
 use burn::tensor::{Bool, Tensor, TensorData};
 
-use super::tracker::{rows_mask, where_rows};
+use super::tracker::where_rows;
 
 /// Bytes of factors (the live slots of `U` and `V` together) per chunk of samples in
 /// [`LowRankInverse::apply_pair`]: well inside a last-level cache.
@@ -36,10 +36,31 @@ pub struct LowRankInverse {
 #[derive(Clone, Debug)]
 struct Evicted {
     slot: usize,
+    /// Per sample: its saved pair is still needed (cleared when it marks a new best).
     rows: Vec<bool>,
     stamps: Vec<u64>,
+    /// The samples saved, in order: row `k` of `u` and `v` belongs to `saved[k]`.
+    saved: Vec<usize>,
+    /// `[saved.len(), dim]`: only the saved samples' rows, so that a restart of a few samples
+    /// does not keep whole-batch copies of every slot alive.
     u: Tensor<2>,
     v: Tensor<2>,
+}
+
+impl Evicted {
+    /// The saved rows spread back to `[batch, dim]` (rows of unsaved samples hold another
+    /// sample's values; only the rows in `self.rows` are meant to be read).
+    fn spread(&self, saved: &Tensor<2>, batch: usize) -> Tensor<2> {
+        let mut index = vec![0i64; batch];
+        for (k, &b) in self.saved.iter().enumerate() {
+            index[b] = k as i64;
+        }
+        let index = Tensor::<1, burn::tensor::Int>::from_data(
+            TensorData::new(index, [batch]),
+            &saved.device(),
+        );
+        saved.clone().select(0, index)
+    }
 }
 
 impl LowRankInverse {
@@ -265,8 +286,9 @@ impl LowRankInverse {
                 })
                 .collect();
             if keep.iter().any(|&k| k) {
+                let saved: Vec<usize> = (0..batch).filter(|&b| keep[b]).collect();
                 let copy = |buf: &Tensor<3>| {
-                    copy_rows(buf.clone().narrow(1, slot, 1).reshape([batch, dim]), &keep)
+                    take_rows(buf.clone().narrow(1, slot, 1).reshape([batch, dim]), &saved)
                 };
                 let stamps = (0..batch)
                     .map(|b| self.stamp[b * capacity + slot])
@@ -276,6 +298,7 @@ impl LowRankInverse {
                     slot,
                     rows: keep,
                     stamps,
+                    saved,
                     u: u_saved,
                     v: v_saved,
                 });
@@ -339,8 +362,9 @@ impl LowRankInverse {
         // holds a pair newer than the best matrix, which is never saved. So no entries collide.
         for e in evicted {
             let (ubuf, vbuf) = self.take_factors();
-            self.u = map_column(ubuf, e.slot, |col| where_rows(col, &e.rows, e.u.clone()));
-            self.v = map_column(vbuf, e.slot, |col| where_rows(col, &e.rows, e.v.clone()));
+            let (u, v) = (e.spread(&e.u, batch), e.spread(&e.v, batch));
+            self.u = map_column(ubuf, e.slot, |col| where_rows(col, &e.rows, u));
+            self.v = map_column(vbuf, e.slot, |col| where_rows(col, &e.rows, v));
             self.live = self.live.max(e.slot + 1);
             for b in 0..batch {
                 if e.rows[b] {
@@ -467,12 +491,15 @@ fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -
     }
 }
 
-/// A fresh copy of `tensor` (`[batch, dim]`) with the rows not in `rows` zeroed. Always
+/// A fresh `[rows.len(), dim]` copy of the rows `rows` of `tensor` (`[batch, dim]`). Always
 /// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
-fn copy_rows(tensor: Tensor<2>, rows: &[bool]) -> Tensor<2> {
-    let others: Vec<bool> = rows.iter().map(|r| !r).collect();
-    let mask = rows_mask(&others, &tensor);
-    tensor.mask_fill(mask, 0.0)
+fn take_rows(tensor: Tensor<2>, rows: &[usize]) -> Tensor<2> {
+    let index: Vec<i64> = rows.iter().map(|&b| b as i64).collect();
+    let index = Tensor::<1, burn::tensor::Int>::from_data(
+        TensorData::new(index, [rows.len()]),
+        &tensor.device(),
+    );
+    tensor.select(0, index)
 }
 
 /// The low-rank product per sample, `−x + Σⱼ aⱼ (cⱼ · x)` with `a`, `c`: `[batch, m, dim]`, over
@@ -696,5 +723,46 @@ mod tests {
         let best = b.into_best();
         assert!(close(&best.dense(0), &dense_of(&pairs[3..5], n)));
         assert!(close(&best.dense(1), &dense_of(&pairs[..2], n)));
+    }
+
+    /// Three samples with pairs of their own; only sample 1's best loses pairs to the ring, so
+    /// the saved copies hold its rows alone and must go back to sample 1 (and nowhere else).
+    #[test]
+    fn into_best_puts_saved_rows_back_in_their_own_sample() {
+        let n = 3;
+        let z = t(vec![0.0; 3 * n], [3, n]);
+        let mut b = LowRankInverse::identity(&z, 2);
+        let own = |k: usize, s: usize| pair(k + 10 * s, n);
+        let rows = |k: usize, half: usize| {
+            let row: Vec<f64> = (0..3)
+                .flat_map(|s| {
+                    let (u, v) = own(k, s);
+                    if half == 0 { u } else { v }
+                })
+                .collect();
+            t(row, [3, n])
+        };
+        for k in 0..4 {
+            b.push(rows(k, 0), rows(k, 1), &[true, true, true]);
+            // Sample 1 is best after its 1st pair; samples 0 and 2 after each pair.
+            b.mark_best(&[true, k == 0, true]);
+        }
+        let best = b.into_best();
+        let expected = |s: usize, ks: std::ops::Range<usize>| {
+            dense_of(&ks.map(|k| own(k, s)).collect::<Vec<_>>(), n)
+        };
+        assert!(
+            close(&best.dense(0), &expected(0, 2..4)),
+            "sample 0: its newest two"
+        );
+        assert!(
+            close(&best.dense(1), &expected(1, 0..1)),
+            "sample 1: its first pair, restored"
+        );
+        assert!(
+            close(&best.dense(2), &expected(2, 2..4)),
+            "sample 2: its newest two"
+        );
+        assert_eq!((best.rank(0), best.rank(1), best.rank(2)), (2, 1, 2));
     }
 }
