@@ -125,7 +125,11 @@ impl Deq {
                     f: f_plain,
                     x: x_plain,
                     z_star: z_star.clone(),
-                    inverse: result.inverse,
+                    // Only SHINE reads the forward's inverse: the other modes drop it here
+                    // rather than hold its `[batch, memory, dim]` factors until the backward.
+                    inverse: result
+                        .inverse
+                        .filter(|_| matches!(self.config.backward, BackwardMode::Shine { .. })),
                     forward_status: status.clone(),
                     mode: self.config.backward.clone(),
                     report: report.clone(),
