@@ -206,10 +206,10 @@ fn compare_tensors<'a>(
     ((diff / norm.max(f64::MIN_POSITIVE)).sqrt(), worst, at)
 }
 
-/// A small MDEQ (the `small` preset with half its channels, no dropout and no batch norm) for
-/// the comparison; on 1×28×28 inputs. Batch norm is left out because Burn keeps running
-/// statistics in state shared between a module and its clones, so forking a clone to another
-/// device moves the original's statistics too.
+/// A small MDEQ (the `small` preset with half its channels, no dropout and no batch norm in the
+/// stem) for the comparison; on 1×28×28 inputs. The stem's batch norm is left out because Burn
+/// keeps running statistics in state shared between a module and its clones, so forking a clone
+/// to another device moves the original's statistics too. (The head's batch norm stays.)
 pub fn check_model_config() -> MdeqConfig {
     MdeqConfig::new(1, vec![4, 8], vec![2, 4], 16, 10)
         .with_groups(2)

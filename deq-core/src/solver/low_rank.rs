@@ -51,15 +51,11 @@ impl Evicted {
     /// The saved rows spread back to `[batch, dim]` (rows of unsaved samples hold another
     /// sample's values; only the rows in `self.rows` are meant to be read).
     fn spread(&self, saved: &Tensor<2>, batch: usize) -> Tensor<2> {
-        let mut index = vec![0i64; batch];
+        let mut index = vec![0; batch];
         for (k, &b) in self.saved.iter().enumerate() {
-            index[b] = k as i64;
+            index[b] = k;
         }
-        let index = Tensor::<1, burn::tensor::Int>::from_data(
-            TensorData::new(index, [batch]),
-            &saved.device(),
-        );
-        saved.clone().select(0, index)
+        take_rows(saved.clone(), &index)
     }
 }
 
@@ -491,8 +487,9 @@ fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -
     }
 }
 
-/// A fresh `[rows.len(), dim]` copy of the rows `rows` of `tensor` (`[batch, dim]`). Always
-/// allocates (never a view of `tensor`), so the source buffer stays uniquely owned.
+/// A fresh `[rows.len(), dim]` tensor whose row `k` is row `rows[k]` of `tensor`
+/// (`[batch, dim]`). Always allocates (never a view of `tensor`), so the source buffer stays
+/// uniquely owned.
 fn take_rows(tensor: Tensor<2>, rows: &[usize]) -> Tensor<2> {
     let index: Vec<i64> = rows.iter().map(|&b| b as i64).collect();
     let index = Tensor::<1, burn::tensor::Int>::from_data(
