@@ -284,7 +284,8 @@ impl LowRankInverse {
             if keep.iter().any(|&k| k) {
                 let saved: Vec<usize> = (0..batch).filter(|&b| keep[b]).collect();
                 let copy = |buf: &Tensor<3>| {
-                    take_rows(buf.clone().narrow(1, slot, 1).reshape([batch, dim]), &saved)
+                    // Rows picked from the slot's strided view: no copy of the whole column.
+                    take_rows(buf.clone().narrow(1, slot, 1), &saved).reshape([saved.len(), dim])
                 };
                 let stamps = (0..batch)
                     .map(|b| self.stamp[b * capacity + slot])
@@ -359,8 +360,8 @@ impl LowRankInverse {
         for e in evicted {
             let (ubuf, vbuf) = self.take_factors();
             let (u, v) = (e.spread(&e.u, batch), e.spread(&e.v, batch));
-            self.u = map_column(ubuf, e.slot, |col| where_rows(col, &e.rows, u));
-            self.v = map_column(vbuf, e.slot, |col| where_rows(col, &e.rows, v));
+            self.u = write_column(ubuf, e.slot, &e.rows, &u);
+            self.v = write_column(vbuf, e.slot, &e.rows, &v);
             self.live = self.live.max(e.slot + 1);
             for b in 0..batch {
                 if e.rows[b] {
@@ -461,36 +462,62 @@ impl LowRankInverse {
     }
 }
 
-/// `buf` (`[batch, capacity, dim]`) with column `slot` replaced by `f(column)` (`[batch, dim]`).
-/// `f` must return a new tensor, not its argument, so that `buf` is uniquely owned again when it
-/// is written (in place where the backend allows it).
-fn map_column(buf: Tensor<3>, slot: usize, f: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<3> {
+/// Most row runs [`write_column`] writes one by one; more go through one masked column.
+const MAX_RUNS: usize = 4;
+
+/// `buf` (`[batch, capacity, dim]`) with the rows of column `slot` where `rows` is true taken
+/// from `value` (`[batch, dim]`), in place where the backend allows it.
+///
+/// The selected rows are written run by run (a run: consecutive selected rows) when there are
+/// at most [`MAX_RUNS`] runs: the column is never read. Otherwise the old column is read
+/// (a strided view, copied) and merged with `value` under a row mask.
+fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -> Tensor<3> {
     let [batch, _, dim] = buf.dims();
-    let column = f(buf.clone().narrow(1, slot, 1).reshape([batch, dim]));
+    let runs = row_runs(rows);
+    if runs.len() <= MAX_RUNS {
+        return runs.into_iter().fold(buf, |buf, (start, end)| {
+            buf.slice_assign(
+                [start..end, slot..slot + 1, 0..dim],
+                value
+                    .clone()
+                    .narrow(0, start, end - start)
+                    .reshape([end - start, 1, dim]),
+            )
+        });
+    }
+    // A new tensor from the old column, so that `buf` is uniquely owned again when it is written.
+    let column = where_rows(
+        buf.clone().narrow(1, slot, 1).reshape([batch, dim]),
+        rows,
+        value.clone(),
+    );
     buf.slice_assign(
         [0..batch, slot..slot + 1, 0..dim],
         column.reshape([batch, 1, dim]),
     )
 }
 
-/// `buf` (`[batch, capacity, dim]`) with the rows of column `slot` where `rows` is true taken
-/// from `value` (`[batch, dim]`). When every row is written the old column is not read.
-fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -> Tensor<3> {
-    if rows.iter().all(|&r| r) {
-        let [batch, _, dim] = buf.dims();
-        buf.slice_assign(
-            [0..batch, slot..slot + 1, 0..dim],
-            value.clone().reshape([batch, 1, dim]),
-        )
-    } else {
-        map_column(buf, slot, |old| where_rows(old, rows, value.clone()))
+/// The runs of consecutive `true` entries of `rows`, as `start..end` index pairs.
+fn row_runs(rows: &[bool]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (b, &r) in rows.iter().chain(std::iter::once(&false)).enumerate() {
+        match (r, start) {
+            (true, None) => start = Some(b),
+            (false, Some(s)) => {
+                runs.push((s, b));
+                start = None;
+            }
+            _ => {}
+        }
     }
+    runs
 }
 
-/// A fresh `[rows.len(), dim]` tensor whose row `k` is row `rows[k]` of `tensor`
-/// (`[batch, dim]`). Always allocates (never a view of `tensor`), so the source buffer stays
-/// uniquely owned.
-fn take_rows(tensor: Tensor<2>, rows: &[usize]) -> Tensor<2> {
+/// A fresh tensor whose entry `k` along the first axis is entry `rows[k]` of `tensor` (a
+/// `[batch, ...]` tensor or a strided view of one). Always allocates (never a view of
+/// `tensor`), so the source buffer stays uniquely owned.
+fn take_rows<const D: usize>(tensor: Tensor<D>, rows: &[usize]) -> Tensor<D> {
     let index: Vec<i64> = rows.iter().map(|&b| b as i64).collect();
     let index = Tensor::<1, burn::tensor::Int>::from_data(
         TensorData::new(index, [rows.len()]),
@@ -761,5 +788,54 @@ mod tests {
             "sample 2: its newest two"
         );
         assert_eq!((best.rank(0), best.rank(1), best.rank(2)), (2, 1, 2));
+    }
+
+    #[test]
+    fn row_runs_are_the_consecutive_selected_rows() {
+        assert_eq!(row_runs(&[]), vec![]);
+        assert_eq!(row_runs(&[false, false]), vec![]);
+        assert_eq!(row_runs(&[true, true, true]), vec![(0, 3)]);
+        assert_eq!(
+            row_runs(&[true, false, true, true, false, false, true]),
+            vec![(0, 1), (2, 4), (6, 7)]
+        );
+    }
+
+    /// Both ways of writing a column (run by run, and through a row mask once there are more
+    /// than `MAX_RUNS` runs) write exactly the selected rows of that column.
+    #[test]
+    fn write_column_writes_the_selected_rows_only() {
+        let (batch, capacity, dim) = (10, 3, 4);
+        let old: Vec<f64> = (0..batch * capacity * dim).map(|k| k as f64).collect();
+        let value: Vec<f64> = (0..batch * dim).map(|k| -1.0 - k as f64).collect();
+        let few = [
+            false, true, true, false, false, false, false, true, false, false,
+        ];
+        let many = [
+            true, false, true, false, true, false, true, false, true, false,
+        ];
+        assert!(row_runs(&few).len() <= MAX_RUNS && row_runs(&many).len() > MAX_RUNS);
+        for rows in [few, many, [true; 10]] {
+            let buf = Tensor::<3>::from_data(
+                TensorData::new(old.clone(), [batch, capacity, dim]),
+                (&crate::device::cpu(), DType::F32),
+            );
+            let slot = 1;
+            let written = write_column(buf, slot, &rows, &t(value.clone(), [batch, dim]));
+            let got: Vec<f64> = written.into_data().iter::<f64>().collect();
+            for b in 0..batch {
+                for j in 0..capacity {
+                    for i in 0..dim {
+                        let k = (b * capacity + j) * dim + i;
+                        let expected = if j == slot && rows[b] {
+                            value[b * dim + i]
+                        } else {
+                            old[k]
+                        };
+                        assert_eq!(got[k], expected, "row {b}, slot {j}, rows {rows:?}");
+                    }
+                }
+            }
+        }
     }
 }
