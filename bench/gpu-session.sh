@@ -40,6 +40,7 @@ for stage in $STAGES; do
       log "old build, then new build: MDEQ $model, batch 32, SHINE and implicit, WGPU"
       for which in old new; do
         bin=$BIN; [ $which = old ] && bin=$BIN-old
+        [ -x "$bin" ] || { log "no $which build (.gpu/deq-train-old.xz), skipped"; continue; }
         timeout 150 "$bin" bench --model "$model" --batch 32 --backend wgpu --mode shine --mode implicit --reps 10 --warmup 2 --json "$OUT/compare-$model-$which.json" 2>&1 | tail -4 | tee -a "$OUT/session.log"
       done ;;
     bench-tiny|bench-small)
