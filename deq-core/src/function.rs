@@ -4,6 +4,8 @@ use std::marker::PhantomData;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 
+use crate::linearization::Linearization;
+
 /// The input `x` of `f(z, x)`: anything made of tensors that can be detached.
 ///
 /// Implemented for `Tensor<D>`, `()`, `Vec<T>`, `Option<T>` and tuples of up to four
@@ -89,6 +91,18 @@ pub trait DeqFunction: Send + 'static {
 
     /// Whether any parameter has autodiff enabled (training mode).
     fn is_autodiff(&self) -> bool;
+
+    /// The product `w ↦ J_f(z, x)ᵀ w` at one point (`z`: `[batch, dim]`, without autodiff),
+    /// for the many products of an adjoint solve (implicit backward, refinement).
+    ///
+    /// `None` (the default): each product evaluates `f` tracked from a fresh leaf and
+    /// backpropagates through it. Implement it when a hand-written reverse pass can keep
+    /// what it needs from one evaluation (see [`crate::linearization`]); it must give the
+    /// same products. Called on the copy from [`DeqFunction::without_autodiff`].
+    fn linearize(&self, z: &Tensor<2>, x: &Self::Input) -> Option<Linearization> {
+        let _ = (z, x);
+        None
+    }
 }
 
 /// A closure as a [`DeqFunction`]; see [`deq_fn`].

@@ -50,6 +50,7 @@ mod deq;
 pub mod device;
 mod error;
 mod function;
+pub mod linearization;
 pub mod solver;
 mod state;
 pub mod toy;
@@ -61,6 +62,7 @@ pub use error::DeqError;
 pub use function::{
     DeqFunction, FnDeq, Injection, ModuleDeq, deq_fn, detach_module, module_fn, module_is_autodiff,
 };
+pub use linearization::Linearization;
 pub use solver::{
     LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats, StopMode,
 };

@@ -492,3 +492,155 @@ fn group_norm_matches_burn_group_norm() {
         }
     }
 }
+
+/// The toy's f with a hand-written linearisation that counts its products.
+struct LinearizedToy {
+    products: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DeqFunction for LinearizedToy {
+    type Input = deq_core::toy::ToyInput;
+
+    fn forward(&self, z: Tensor<2>, x: &Self::Input) -> Tensor<2> {
+        toy_fn().forward(z, x)
+    }
+
+    fn without_autodiff(&self) -> Self {
+        Self {
+            products: self.products.clone(),
+        }
+    }
+
+    fn is_autodiff(&self) -> bool {
+        false
+    }
+
+    /// `f = tanh(z W + x U + b)`: `J_fᵀ w = (w ⊙ (1 − f²)) Wᵀ`.
+    fn linearize(&self, z: &Tensor<2>, x: &Self::Input) -> Option<deq_core::Linearization> {
+        let f = toy_fn().forward(z.clone(), x);
+        let slope = f.clone().neg() * f + 1.0;
+        let w_t = x.0.clone().transpose();
+        let products = self.products.clone();
+        Some(deq_core::Linearization::new(move |w: Tensor<2>| {
+            products.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (w * slope.clone()).matmul(w_t.clone())
+        }))
+    }
+}
+
+/// A `DeqFunction::linearize` is used for every product of the adjoint solves (implicit, SHINE
+/// and JFB refinement) and gives the generic path's gradients.
+#[test]
+fn linearize_replaces_the_tracked_products() {
+    use std::sync::atomic::Ordering;
+    let toy = toy();
+    let products = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let linearized = LinearizedToy {
+        products: products.clone(),
+    };
+    for mode in [
+        exact_implicit(),
+        "shine:refine=3".parse().unwrap(),
+        "jfb:refine=2".parse().unwrap(),
+    ] {
+        let config = DeqConfig::new(tight_broyden(1e-13)).with_backward(mode.clone());
+        let (reference, _) = toy_gradients(&toy, &config);
+        products.store(0, Ordering::Relaxed);
+        let deq = config.init().unwrap();
+        let params = toy.tracked();
+        let out = deq.forward(&linearized, &params, toy.z0()).unwrap();
+        let grads = (out.z.clone() * toy.c()).sum().backward();
+        let report = out.backward.get().unwrap();
+        assert!(report.vjp_evaluations > 0);
+        assert_eq!(
+            products.load(Ordering::Relaxed),
+            report.vjp_evaluations,
+            "{mode:?}: every product goes through the linearisation"
+        );
+        let (w, u, b, x) = params;
+        for (which, p) in [w, u, b, x].iter().enumerate() {
+            let g = host(&p.grad(&grads).unwrap());
+            let err = rel_err(&g, &reference[which]);
+            assert!(err <= 1e-10, "{mode:?} {}: {err:e}", NAMES[which]);
+        }
+    }
+}
+
+/// The linearisation building blocks give Burn's autodiff input gradients, in f64: GroupNorm
+/// (affine or not), convolutions (both routes, strides 1 and 2 with even and odd sizes, 1×1)
+/// and ReLU.
+#[test]
+fn linearization_blocks_match_autodiff() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{DType, TensorData};
+    use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
+    let device = device();
+    let tensor = |shape: [usize; 4], seed: u64| {
+        let len = shape.iter().product();
+        let values = Rng::new(seed).normals(len);
+        Tensor::<4>::from_data(TensorData::new(values, shape), (&device, DType::F64))
+    };
+    let check = |name: &str, ours: Tensor<4>, exact: Tensor<4>| {
+        assert_eq!(ours.dims(), exact.dims(), "{name}");
+        let err = rel_err(&values(ours), &values(exact));
+        assert!(err <= 1e-12, "{name}: {err:e}");
+    };
+
+    // GroupNorm.
+    let x = tensor([3, 6, 4, 5], 51);
+    let grad = tensor([3, 6, 4, 5], 52);
+    for (groups, affine) in [(3, true), (2, false)] {
+        let gamma = affine.then(|| tensor([1, 6, 1, 1], 53).reshape([6]) * 0.5 + 1.0);
+        let beta = affine.then(|| tensor([1, 6, 1, 1], 54).reshape([6]));
+        let leaf = x.clone().autodiff().require_grad();
+        let y = deq_core::group_norm(
+            leaf.clone(),
+            groups,
+            gamma.clone().map(|g| g.autodiff()),
+            beta.clone().map(|b| b.autodiff()),
+            1e-5,
+        );
+        let exact_y = y.clone().without_autodiff();
+        let grads = (y * grad.clone().autodiff()).sum().backward();
+        let exact = leaf.grad(&grads).unwrap().without_autodiff();
+        let (value, vjp) = GroupNormVjp::forward(x.clone(), groups, gamma, beta, 1e-5);
+        check("group norm value", value, exact_y);
+        check("group norm", vjp.backward(grad.clone()), exact);
+    }
+
+    // Convolutions: [out, in, k], stride, padding, input size.
+    for (out, inp, k, stride, padding, size) in [
+        (4, 10, 3, 1, 1, 6), // same, more input channels: forward route
+        (10, 4, 3, 1, 1, 6), // same, fewer: transposed
+        (5, 5, 3, 2, 1, 14), // stride 2, even size
+        (5, 3, 3, 2, 1, 7),  // stride 2, odd size
+        (6, 8, 1, 1, 0, 5),  // 1×1
+    ] {
+        let weight = tensor([out, inp, k, k], 55);
+        let x = tensor([2, inp, size, size], 56);
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        let leaf = x.clone().autodiff().require_grad();
+        let y = conv2d(leaf.clone(), weight.clone().autodiff(), None, options);
+        let grad = tensor(y.dims(), 57);
+        let grads = (y * grad.clone().autodiff()).sum().backward();
+        let exact = leaf.grad(&grads).unwrap().without_autodiff();
+        let vjp = Conv2dVjp::new(weight, [stride; 2], [padding; 2], [size, size]);
+        check(
+            &format!("conv {out}←{inp} k{k} s{stride} n{size}"),
+            vjp.backward(grad),
+            exact,
+        );
+    }
+
+    // ReLU (with exact zeros in the input).
+    let x = tensor([2, 3, 4, 4], 58).mask_fill(tensor([2, 3, 4, 4], 59).greater_elem(1.0), 0.0);
+    let leaf = x.clone().autodiff().require_grad();
+    let y = burn::tensor::activation::relu(leaf.clone());
+    let grad = tensor([2, 3, 4, 4], 60);
+    let grads = (y * grad.clone().autodiff()).sum().backward();
+    let exact = leaf.grad(&grads).unwrap().without_autodiff();
+    let (value, mask) = relu_with_mask(x.clone());
+    check("relu value", value, burn::tensor::activation::relu(x));
+    check("relu", grad * mask, exact);
+}

@@ -4,6 +4,7 @@ use burn::tensor::Tensor;
 use super::op::AdjointMap;
 use super::{BackwardMode, BackwardReport, BackwardStats};
 use crate::function::DeqFunction;
+use crate::linearization::Linearization;
 use crate::solver::{LowRankInverse, SolveStatus, SolverConfig, StopMode, StopRule, broyden_from};
 
 /// Refinement stops early only at this relative adjoint residual.
@@ -54,10 +55,17 @@ fn compute_adjoint<F: DeqFunction>(
         fallback: vec![false; batch],
         vjp_evaluations: 0,
     };
-    // The adjoint fixed-point map F(w) = J_fᵀ w + ∇L.
+    // The adjoint fixed-point map F(w) = J_fᵀ w + ∇L. The products reuse f's linearisation at
+    // z* when f has one, built at the first product (SHINE and JFB without refinement need
+    // none).
+    let mut linearization: Option<Option<Linearization>> = None;
     let mut adjoint_map = |w: Tensor<2>| {
         vjps += 1;
-        vjp(&plan.f, &plan.x, &plan.z_star, w) + grad.clone()
+        let linear = linearization.get_or_insert_with(|| plan.f.linearize(&plan.z_star, &plan.x));
+        match linear {
+            Some(linear) => linear.vjp(w) + grad.clone(),
+            None => vjp(&plan.f, &plan.x, &plan.z_star, w) + grad.clone(),
+        }
     };
     let refine_rule = StopRule {
         mode: StopMode::Relative,

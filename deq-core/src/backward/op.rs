@@ -24,6 +24,8 @@ use burn::backend::{
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DispatchTensor, Tensor};
 
+use crate::linearization::{normalize, normalized_backward};
+
 type AdjointFn = Box<dyn FnOnce(Tensor<2>) -> Tensor<2> + Send>;
 
 /// The backward rule of [`adjoint_identity`]: maps the incoming gradient `∇L` to the vector
@@ -275,10 +277,8 @@ pub fn group_norm(
         let saved = normalized.clone();
         let map = AdjointMap::new(move |grad: Tensor<2>| {
             let members = saved.dims()[2];
-            let grad = grad.reshape([batch, groups, members]);
-            let mean_grad = grad.clone().mean_dim(2);
-            let mean_dot = (grad.clone() * saved.clone()).mean_dim(2);
-            ((grad - mean_grad - saved * mean_dot) * inv_std).reshape([batch, size])
+            normalized_backward(grad.reshape([batch, groups, members]), &saved, &inv_std)
+                .reshape([batch, size])
         });
         let value = normalized.reshape([batch, size]).autodiff();
         let z = x.reshape([batch, size]);
@@ -305,16 +305,4 @@ pub fn group_norm(
         Some(beta) => scaled + beta.reshape(affine),
         None => scaled,
     }
-}
-
-/// `(x̂, 1/σ)`: `x` normalised per sample and group (`[batch, groups, members]`) and the
-/// inverse standard deviations (`[batch, groups, 1]`).
-fn normalize(x: Tensor<4>, groups: usize, epsilon: f64) -> (Tensor<3>, Tensor<3>) {
-    let [batch, channels, height, width] = x.dims();
-    let x = x.reshape([batch, groups, channels / groups * height * width]);
-    let centered = x.clone() - x.mean_dim(2);
-    let inv_std = (centered.clone().square().mean_dim(2) + epsilon)
-        .sqrt()
-        .recip();
-    (centered * inv_std.clone(), inv_std)
 }

@@ -5,7 +5,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use deq_core::{detach_module, module_is_autodiff};
 
-use super::{apply_group_norm, group_norm};
+use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
+
+use super::{apply_group_norm, group_norm, group_norm_vjp};
 use crate::norm::{
     VariationalDropout, VariationalDropoutConfig, WeightNormConv2d, WeightNormConv2dConfig,
 };
@@ -98,6 +100,44 @@ impl PreparedBlock {
         apply_group_norm(&self.norm3, relu(h))
     }
 
+    /// [`forward`](Self::forward) and its reverse pass at this `z` (the input gradient only;
+    /// tensors without autodiff).
+    pub(crate) fn linearize(
+        &self,
+        z: Tensor<4>,
+        injection: Option<&Tensor<4>>,
+    ) -> (Tensor<4>, BlockVjp) {
+        let [_, _, height, width] = z.dims();
+        let same = |weight: &Tensor<4>| {
+            let padding = weight.dims()[2] / 2;
+            Conv2dVjp::new(weight.clone(), [1, 1], [padding; 2], [height, width])
+        };
+        let h = crate::norm::conv_same(z.clone(), self.w1.clone());
+        let (h, norm1) = group_norm_vjp(&self.norm1, h);
+        let (h, relu1) = relu_with_mask(h);
+        let mut h = crate::norm::conv_same(h, self.w2.clone());
+        if let Some(mask) = &self.mask {
+            h = h * mask.clone();
+        }
+        if let Some(x) = injection {
+            h = h + x.clone();
+        }
+        let (h, norm2) = group_norm_vjp(&self.norm2, h);
+        let (h, relu2) = relu_with_mask(h + z);
+        let (out, norm3) = group_norm_vjp(&self.norm3, h);
+        let vjp = BlockVjp {
+            conv1: same(&self.w1),
+            norm1,
+            relu1,
+            conv2: same(&self.w2),
+            mask: self.mask.clone(),
+            norm2,
+            relu2,
+            norm3,
+        };
+        (out, vjp)
+    }
+
     pub(crate) fn without_autodiff(&self) -> Self {
         Self {
             w1: self.w1.clone().detach().without_autodiff(),
@@ -116,5 +156,32 @@ impl PreparedBlock {
     /// The dropout mask of this pass, if any (for tests and diagnostics).
     pub fn mask(&self) -> Option<&Tensor<4>> {
         self.mask.as_ref()
+    }
+}
+
+/// The reverse pass of [`PreparedBlock::forward`] at one input: `∂out ↦ ∂z`
+/// (`[batch, C, H, W]` both).
+#[derive(Clone, Debug)]
+pub(crate) struct BlockVjp {
+    conv1: Conv2dVjp,
+    norm1: GroupNormVjp,
+    relu1: Tensor<4>,
+    conv2: Conv2dVjp,
+    mask: Option<Tensor<4>>,
+    norm2: GroupNormVjp,
+    relu2: Tensor<4>,
+    norm3: GroupNormVjp,
+}
+
+impl BlockVjp {
+    pub(crate) fn backward(&self, grad: Tensor<4>) -> Tensor<4> {
+        // Through the last GroupNorm and ReLU to the residual sum `GN2(·) + z`.
+        let residual = self.norm3.backward(grad) * self.relu2.clone();
+        let mut h = self.norm2.backward(residual.clone());
+        if let Some(mask) = &self.mask {
+            h = h * mask.clone();
+        }
+        let h = self.conv2.backward(h) * self.relu1.clone();
+        self.conv1.backward(self.norm1.backward(h)) + residual
     }
 }

@@ -3,12 +3,13 @@ use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use deq_core::{DeqFunction, StateShape, detach_module, module_is_autodiff};
+use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
+use deq_core::{DeqFunction, Linearization, StateShape, detach_module, module_is_autodiff};
 use rayon::prelude::*;
 
-use super::block::{PreparedBlock, ResidualBlock};
+use super::block::{BlockVjp, PreparedBlock, ResidualBlock};
 use super::fusion::Fusion;
-use super::{MdeqConfig, apply_group_norm, group_norm};
+use super::{MdeqConfig, apply_group_norm, group_norm, group_norm_vjp};
 use crate::norm::{WeightNormConv2d, WeightNormConv2dConfig, conv_same};
 
 /// The parameters of f: residual blocks, fusion and post-fusion layers.
@@ -170,5 +171,67 @@ impl DeqFunction for PreparedCore {
 
     fn is_autodiff(&self) -> bool {
         self.blocks.iter().any(PreparedBlock::is_autodiff) || module_is_autodiff(&self.fusion)
+    }
+
+    /// f's reverse pass at `z`, by hand: one evaluation keeps the GroupNorm statistics, the
+    /// ReLU masks and the prepared kernels, and every product is the reverse pass only (the
+    /// branches, and the fusion's paths, as parallel tasks). The same products as autodiff
+    /// (`deq-models` test `linearize_matches_autodiff`).
+    fn linearize(&self, z: &Tensor<2>, x: &Tensor<4>) -> Option<Linearization> {
+        let branches = self.shape.unflatten(z.clone()).ok()?;
+        let (outs, blocks): (Vec<Tensor<4>>, Vec<BlockVjp>) = branches
+            .into_par_iter()
+            .zip(self.blocks.par_iter())
+            .enumerate()
+            .map(|(i, (zi, block))| block.linearize(zi, (i == 0).then_some(x)))
+            .unzip();
+        let (fused, fusion) = self.fusion.linearize(&outs)?;
+        let post: Vec<PostVjp> = fused
+            .into_par_iter()
+            .zip(self.post_weights.par_iter().zip(self.post_norms.par_iter()))
+            .map(|(y, (weight, norm))| PostVjp::new(y, weight, norm))
+            .collect();
+        let shape = self.shape.clone();
+        Some(Linearization::new(move |w: Tensor<2>| {
+            let grads = shape
+                .unflatten(w)
+                .expect("the adjoint has the state's shape");
+            let grads: Vec<Tensor<4>> = grads
+                .into_par_iter()
+                .zip(post.par_iter())
+                .map(|(grad, post)| post.backward(grad))
+                .collect();
+            let grads = fusion.backward(grads);
+            let grads: Vec<Tensor<4>> = grads
+                .into_par_iter()
+                .zip(blocks.par_iter())
+                .map(|(grad, block)| block.backward(grad))
+                .collect();
+            shape
+                .flatten(grads)
+                .expect("the reverse pass keeps every branch's shape")
+        }))
+    }
+}
+
+/// The reverse pass of a post-fusion layer `GN(conv1×1(ReLU(y)))` at one `y`.
+struct PostVjp {
+    relu: Tensor<4>,
+    conv: Conv2dVjp,
+    norm: GroupNormVjp,
+}
+
+impl PostVjp {
+    fn new(y: Tensor<4>, weight: &Tensor<4>, norm: &GroupNorm) -> Self {
+        let [_, _, height, width] = y.dims();
+        let padding = weight.dims()[2] / 2;
+        let (h, relu) = relu_with_mask(y);
+        let conv = Conv2dVjp::new(weight.clone(), [1, 1], [padding; 2], [height, width]);
+        let (_, norm) = group_norm_vjp(norm, crate::norm::conv_same(h, weight.clone()));
+        Self { relu, conv, norm }
+    }
+
+    fn backward(&self, grad: Tensor<4>) -> Tensor<4> {
+        self.conv.backward(self.norm.backward(grad)) * self.relu.clone()
     }
 }

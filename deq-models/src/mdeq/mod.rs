@@ -39,6 +39,7 @@ pub use stem::{InjectionTransform, Stem};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
+use deq_core::linearization::{Conv2dVjp, GroupNormVjp};
 
 /// A square convolution with "same" padding for stride 1, weights `N(0, std)`, zero bias.
 pub(crate) fn conv(
@@ -80,4 +81,30 @@ pub(crate) fn apply_group_norm(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
         norm.beta.as_ref().map(|beta| beta.val()),
         norm.epsilon,
     )
+}
+
+/// `norm` applied to `x` (`[batch, C, H, W]`) and what its input gradient needs (the value of
+/// [`apply_group_norm`]).
+pub(crate) fn group_norm_vjp(norm: &GroupNorm, x: Tensor<4>) -> (Tensor<4>, GroupNormVjp) {
+    GroupNormVjp::forward(
+        x,
+        norm.num_groups,
+        norm.gamma.as_ref().map(|gamma| gamma.val()),
+        norm.beta.as_ref().map(|beta| beta.val()),
+        norm.epsilon,
+    )
+}
+
+/// `conv` applied to `x` (`[batch, C, H, W]`) and its input gradient; `None` for a grouped,
+/// dilated or asymmetrically padded convolution (the MDEQ builds none).
+pub(crate) fn conv_vjp(conv: &Conv2d, x: Tensor<4>) -> Option<(Tensor<4>, Conv2dVjp)> {
+    let PaddingConfig2d::Explicit(top, left, bottom, right) = conv.padding else {
+        return None;
+    };
+    if top != bottom || left != right || conv.groups != 1 || conv.dilation != [1, 1] {
+        return None;
+    }
+    let [_, _, height, width] = x.dims();
+    let vjp = Conv2dVjp::new(conv.weight.val(), conv.stride, [top, left], [height, width]);
+    Some((conv.forward(x), vjp))
 }
