@@ -611,7 +611,7 @@ class AdjointSettings:
     memory: int = 30
     max_iter: int = 30
     tol: float = 1e-6
-    retain_graph: bool = False  # False: one fresh evaluation of f per VJP, as ours
+    retain_graph: bool = True  # True: f's graph built once at z*, as ours reuses f's linearisation
     method: str = "broyden"  # broyden (ours); gmres and identity (JFB) for --check-grad only
 
     def spec(self) -> str:
@@ -1082,9 +1082,10 @@ def parse_args(argv=None):
     p.add_argument("--adjoint-memory", type=int, default=30)
     p.add_argument("--adjoint-max-iter", type=int, default=30)
     p.add_argument("--adjoint-tol", type=float, default=1e-6)
-    p.add_argument("--vjp", choices=["recompute", "retain"], default="recompute",
-                   help="recompute: one fresh evaluation of f per vector-Jacobian product "
-                        "(as ours); retain: build f's graph at z* once and reuse it")
+    p.add_argument("--vjp", choices=["recompute", "retain"], default="retain",
+                   help="retain: build f's graph at z* once and reuse it for every "
+                        "vector-Jacobian product (as ours reuses f's linearisation); "
+                        "recompute: one fresh evaluation of f per product")
     p.add_argument("--no-restart", action="store_true",
                    help="Broyden without the per-sample restarts (patience 12, growth 100) of "
                         "our solver")
