@@ -48,6 +48,20 @@ struct Evicted {
 }
 
 impl Evicted {
+    /// Saves the rows `rows` of slot `slot` of both buffers (`[batch, capacity, dim]`) with
+    /// their stamps (`stamp`: per (sample, slot)).
+    fn save(u: &Tensor<3>, v: &Tensor<3>, slot: usize, rows: Vec<bool>, stamp: &[u64]) -> Self {
+        let [batch, capacity, _] = u.dims();
+        Self {
+            slot,
+            stamps: (0..batch).map(|b| stamp[b * capacity + slot]).collect(),
+            saved: (0..batch).filter(|&b| rows[b]).collect(),
+            u: copy_rows(u, slot, &rows),
+            v: copy_rows(v, slot, &rows),
+            rows,
+        }
+    }
+
     /// The saved rows spread back to `[batch, dim]` (rows of unsaved samples hold another
     /// sample's values; only the rows in `self.rows` are meant to be read).
     fn spread(&self, saved: &Tensor<2>, batch: usize) -> Tensor<2> {
@@ -262,7 +276,7 @@ impl LowRankInverse {
     }
 
     fn push_inner(&mut self, u: Tensor<2>, v: Tensor<2>, write: &[bool], now_best: &[bool]) {
-        let [batch, capacity, dim] = self.u.dims();
+        let [batch, capacity, _] = self.u.dims();
         assert_eq!(write.len(), batch, "one write flag per sample");
         if capacity == 0 || !write.iter().any(|&w| w) {
             return;
@@ -282,23 +296,8 @@ impl LowRankInverse {
                 })
                 .collect();
             if keep.iter().any(|&k| k) {
-                let saved: Vec<usize> = (0..batch).filter(|&b| keep[b]).collect();
-                let copy = |buf: &Tensor<3>| {
-                    // Rows picked from the slot's strided view: no copy of the whole column.
-                    take_rows(buf.clone().narrow(1, slot, 1), &saved).reshape([saved.len(), dim])
-                };
-                let stamps = (0..batch)
-                    .map(|b| self.stamp[b * capacity + slot])
-                    .collect();
-                let (u_saved, v_saved) = (copy(&ubuf), copy(&vbuf));
-                self.evicted.push(Evicted {
-                    slot,
-                    rows: keep,
-                    stamps,
-                    saved,
-                    u: u_saved,
-                    v: v_saved,
-                });
+                self.evicted
+                    .push(Evicted::save(&ubuf, &vbuf, slot, keep, &self.stamp));
             }
             ubuf = write_column(ubuf, slot, &rows, &u);
             vbuf = write_column(vbuf, slot, &rows, &v);
@@ -314,18 +313,49 @@ impl LowRankInverse {
         }
     }
 
-    /// Sets `B = −I` for the samples where `rows` is true (by pushing zero pairs into every
-    /// slot), keeping the matrix they last marked best restorable by
-    /// [`into_best`](Self::into_best).
+    /// Sets `B = −I` for the samples where `rows` is true, keeping the matrix they last marked
+    /// best restorable by [`into_best`](Self::into_best).
+    ///
+    /// The result is that of pushing `capacity` zero pairs for those samples (every slot
+    /// rewritten, the pairs of a best matrix saved first), done at once: their rows of every
+    /// slot are zeroed run by run, and only the saved rows are copied.
     pub fn reset(&mut self, rows: &[bool]) {
         let [batch, capacity, dim] = self.u.dims();
-        if !rows.iter().any(|&r| r) {
+        assert_eq!(rows.len(), batch, "one reset flag per sample");
+        if capacity == 0 || !rows.iter().any(|&r| r) {
             return;
         }
-        let zeros = Tensor::<2>::zeros([batch, dim], (&self.u.device(), self.u.dtype()));
-        for _ in 0..capacity {
-            self.push(zeros.clone(), zeros.clone(), rows);
+        let (mut ubuf, mut vbuf) = self.take_factors();
+        for slot in 0..capacity {
+            let keep: Vec<bool> = (0..batch)
+                .map(|b| {
+                    let stamp = self.stamp[b * capacity + slot];
+                    rows[b] && stamp > 0 && stamp <= self.best[b]
+                })
+                .collect();
+            if keep.iter().any(|&k| k) {
+                self.evicted
+                    .push(Evicted::save(&ubuf, &vbuf, slot, keep, &self.stamp));
+            }
         }
+        let options = (&ubuf.device(), ubuf.dtype());
+        for (start, end) in row_runs(rows) {
+            let zeros = || Tensor::<3>::zeros([end - start, capacity, dim], options);
+            let range = [start..end, 0..capacity, 0..dim];
+            ubuf = ubuf.slice_assign(range.clone(), zeros());
+            vbuf = vbuf.slice_assign(range, zeros());
+        }
+        self.u = ubuf;
+        self.v = vbuf;
+        for b in (0..batch).filter(|&b| rows[b]) {
+            // The ring order of `capacity` pushes: from the slot after the newest pair.
+            let next = self.next_slot(b);
+            for k in 0..capacity {
+                self.pushes[b] += 1;
+                self.stamp[b * capacity + (next + k) % capacity] = self.pushes[b];
+            }
+        }
+        self.live = capacity;
     }
 
     /// Number of pairs pushed so far for `sample` (evicted ones included).
@@ -512,6 +542,25 @@ fn row_runs(rows: &[bool]) -> Vec<(usize, usize)> {
         }
     }
     runs
+}
+
+/// The selected rows of slot column `slot` of `buf` (`[batch, capacity, dim]`), in order, as a
+/// fresh `[k, dim]` tensor. Only those rows are read, run by run (a `select` on the strided
+/// slot column would first copy all of it), and the result never shares `buf`'s memory, so
+/// `buf` stays uniquely owned for its in-place writes.
+fn copy_rows(buf: &Tensor<3>, slot: usize, rows: &[bool]) -> Tensor<2> {
+    let dim = buf.dims()[2];
+    let run = |(start, end): (usize, usize)| {
+        buf.clone()
+            .slice([start..end, slot..slot + 1, 0..dim])
+            .reshape([end - start, dim])
+    };
+    let runs = row_runs(rows);
+    match runs.as_slice() {
+        // One run may be a view of `buf` (a single row is contiguous): select it into a copy.
+        [(start, end)] => take_rows(run((*start, *end)), &(0..end - start).collect::<Vec<_>>()),
+        _ => Tensor::cat(runs.into_iter().map(run).collect(), 0),
+    }
 }
 
 /// A fresh tensor whose entry `k` along the first axis is entry `rows[k]` of `tensor` (a
@@ -788,6 +837,65 @@ mod tests {
             "sample 2: its newest two"
         );
         assert_eq!((best.rank(0), best.rank(1), best.rank(2)), (2, 1, 2));
+    }
+
+    /// `reset` gives what pushing `capacity` zero pairs gives (its definition): the same
+    /// matrices, stamps, push counts and best matrices, over a pseudo-random sequence of pushes,
+    /// marks and resets of scattered samples (several runs, single rows, full rings).
+    #[test]
+    fn reset_equals_pushing_zero_pairs() {
+        let (batch, n, capacity) = (6, 3, 3);
+        let z = t(vec![0.0; batch * n], [batch, n]);
+        let (mut fast, mut slow) = (
+            LowRankInverse::identity(&z, capacity),
+            LowRankInverse::identity(&z, capacity),
+        );
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let zeros = t(vec![0.0; batch * n], [batch, n]);
+        for step in 0..60 {
+            let flags: Vec<bool> = (0..batch).map(|_| next() % 3 != 0).collect();
+            match next() % 4 {
+                0 => {
+                    fast.reset(&flags);
+                    for _ in 0..capacity {
+                        slow.push(zeros.clone(), zeros.clone(), &flags);
+                    }
+                }
+                1 => {
+                    fast.mark_best(&flags);
+                    slow.mark_best(&flags);
+                }
+                _ => {
+                    let values: Vec<f64> = (0..2 * batch * n)
+                        .map(|_| (next() % 17) as f64 / 4.0 - 2.0)
+                        .collect();
+                    let u = t(values[..batch * n].to_vec(), [batch, n]);
+                    let v = t(values[batch * n..].to_vec(), [batch, n]);
+                    fast.push(u.clone(), v.clone(), &flags);
+                    slow.push(u, v, &flags);
+                }
+            }
+            assert_eq!(fast.stamp, slow.stamp, "step {step}: stamps");
+            assert_eq!(fast.pushes, slow.pushes, "step {step}: push counts");
+            assert_eq!(fast.live, slow.live, "step {step}: live slots");
+            let (best_fast, best_slow) = (fast.clone().into_best(), slow.clone().into_best());
+            for b in 0..batch {
+                assert!(
+                    close(&fast.dense(b), &slow.dense(b)),
+                    "step {step}, sample {b}"
+                );
+                assert!(
+                    close(&best_fast.dense(b), &best_slow.dense(b)),
+                    "step {step}, sample {b}: best"
+                );
+            }
+        }
     }
 
     #[test]
