@@ -49,8 +49,9 @@ impl Conv2dVjp {
         }
         // The transposed convolution's output is `(H' − 1) s − 2p + k`; the rows the forward
         // convolution's stride skipped at the end come back as output padding.
-        let padding_out =
-            std::array::from_fn(|d| (input_size[d] + 2 * padding[d] - kernel[d]) % stride[d]);
+        let padding_out = std::array::from_fn(|d| {
+            (input_size[d] + 2 * padding[d]).saturating_sub(kernel[d]) % stride[d]
+        });
         Self {
             kernel: weight,
             route: Route::Transposed(ConvTransposeOptions::new(
