@@ -24,7 +24,7 @@ use burn::backend::{
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DispatchTensor, Tensor};
 
-use crate::linearization::{normalize, normalized_backward};
+use crate::linearization::{affine, normalize, normalized_backward};
 
 type AdjointFn = Box<dyn FnOnce(Tensor<2>) -> Tensor<2> + Send>;
 
@@ -266,10 +266,6 @@ pub fn group_norm(
     epsilon: f64,
 ) -> Tensor<4> {
     let [batch, channels, height, width] = x.dims();
-    assert!(
-        groups > 0 && channels % groups == 0,
-        "group_norm: {channels} channels cannot be split into {groups} groups"
-    );
     let tracked = x.is_tracked();
     let (normalized, inv_std) = normalize(x.clone().without_autodiff(), groups, epsilon);
     let normalized = if tracked {
@@ -296,13 +292,5 @@ pub fn group_norm(
             normalized
         }
     };
-    let affine = [1, channels, 1, 1];
-    let scaled = match gamma {
-        Some(gamma) => normalized * gamma.reshape(affine),
-        None => normalized,
-    };
-    match beta {
-        Some(beta) => scaled + beta.reshape(affine),
-        None => scaled,
-    }
+    affine(normalized, gamma, beta)
 }

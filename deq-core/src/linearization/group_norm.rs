@@ -27,27 +27,14 @@ impl GroupNormVjp {
         epsilon: f64,
     ) -> (Tensor<4>, Self) {
         let dims = x.dims();
-        let [_, channels, _, _] = dims;
-        assert!(
-            groups > 0 && channels % groups == 0,
-            "group_norm: {channels} channels cannot be split into {groups} groups"
-        );
         let (normalized, inv_std) = normalize(x, groups, epsilon);
-        let affine = [1, channels, 1, 1];
-        let gamma = gamma.map(|gamma| gamma.reshape(affine));
-        let mut y = normalized.clone().reshape(dims);
-        if let Some(gamma) = &gamma {
-            y = y * gamma.clone();
-        }
-        if let Some(beta) = beta {
-            y = y + beta.reshape(affine);
-        }
+        let y = affine(normalized.clone().reshape(dims), gamma.clone(), beta);
         (
             y,
             Self {
                 normalized,
                 inv_std,
-                gamma,
+                gamma: gamma.map(|gamma| gamma.reshape([1, dims[1], 1, 1])),
                 dims,
             },
         )
@@ -71,15 +58,33 @@ impl GroupNormVjp {
 
 /// `(x̂, 1/σ)`: `x` normalised per sample and group (`[batch, groups, members]`) and the
 /// inverse standard deviations (`[batch, groups, 1]`); biased variance, `epsilon` inside the
-/// square root.
+/// square root. Panics when the channels cannot be split into `groups`.
 pub(crate) fn normalize(x: Tensor<4>, groups: usize, epsilon: f64) -> (Tensor<3>, Tensor<3>) {
     let [batch, channels, height, width] = x.dims();
+    assert!(
+        groups > 0 && channels % groups == 0,
+        "group_norm: {channels} channels cannot be split into {groups} groups"
+    );
     let x = x.reshape([batch, groups, channels / groups * height * width]);
     let centered = x.clone() - x.mean_dim(2);
     let inv_std = (centered.clone().square().mean_dim(2) + epsilon)
         .sqrt()
         .recip();
     (centered * inv_std.clone(), inv_std)
+}
+
+/// GroupNorm's affine part: `x` (`[batch, C, H, W]`) scaled by `gamma` and shifted by `beta`
+/// (`[C]` each), per channel.
+pub(crate) fn affine(x: Tensor<4>, gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>) -> Tensor<4> {
+    let shape = [1, x.dims()[1], 1, 1];
+    let scaled = match gamma {
+        Some(gamma) => x * gamma.reshape(shape),
+        None => x,
+    };
+    match beta {
+        Some(beta) => scaled + beta.reshape(shape),
+        None => scaled,
+    }
 }
 
 /// The closed-form gradient of `x ↦ x̂` per sample and group:

@@ -13,7 +13,7 @@ mod group_norm;
 
 pub use conv::Conv2dVjp;
 pub use group_norm::GroupNormVjp;
-pub(crate) use group_norm::{normalize, normalized_backward};
+pub(crate) use group_norm::{affine, normalize, normalized_backward};
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
