@@ -324,9 +324,9 @@ fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Ve
         .collect()
 }
 
-/// `conv2d_same` has the value and the gradients of Burn's `conv2d` (both branches of its input
-/// gradient: more input than output channels, and fewer), with the input, the kernel or both
-/// tracked, in f64.
+/// `conv2d_same` has the value and the gradients of Burn's `conv2d` (both routes of its input
+/// gradient: more input than output channels, and fewer; both routes of its kernel gradient:
+/// narrow and wide images), with the input, the kernel or both tracked, in f64.
 #[test]
 fn conv2d_same_matches_burn_conv2d() {
     use burn::tensor::module::conv2d;
@@ -337,10 +337,12 @@ fn conv2d_same_matches_burn_conv2d() {
         let values = Rng::new(seed).normals(shape.iter().product());
         Tensor::<4>::from_data(TensorData::new(values, shape), (&device, DType::F64))
     };
-    for (cin, cout, k) in [(6, 2, 3), (2, 6, 3), (5, 3, 1), (4, 4, 5)] {
-        let x = t4([3, cin, 7, 6], 10 + cin as u64);
+    // 7×6 images take Burn's kernel gradient for k > 1, 5×33 ones the shifted products.
+    let cases = [(6, 2, 3), (2, 6, 3), (5, 3, 1), (4, 4, 5)];
+    for ((cin, cout, k), [h, w_]) in cases.into_iter().flat_map(|c| [(c, [7, 6]), (c, [5, 33])]) {
+        let x = t4([3, cin, h, w_], 10 + cin as u64);
         let w = t4([cout, cin, k, k], 20 + cout as u64);
-        let weight_out = t4([3, cout, 7, 6], 30);
+        let weight_out = t4([3, cout, h, w_], 30);
         for (track_x, track_w) in [(true, true), (true, false), (false, true)] {
             let grads_of = |ours: bool| {
                 let xa = if track_x {
@@ -372,7 +374,7 @@ fn conv2d_same_matches_burn_conv2d() {
             };
             let (v0, gx0, gw0) = grads_of(false);
             let (v1, gx1, gw1) = grads_of(true);
-            let case = format!("{cin}->{cout}, k {k}, tracked x {track_x}, w {track_w}");
+            let case = format!("{cin}->{cout}, k {k}, {h}x{w_}, tracked x {track_x}, w {track_w}");
             assert!(rel_err(&v1, &v0) < 1e-13, "{case}: value");
             assert_eq!(gx0.is_some(), track_x, "{case}");
             assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");

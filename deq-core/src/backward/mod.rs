@@ -1,5 +1,6 @@
 //! Backward modes: how the adjoint `w ≈ (I − J_f)⁻ᵀ ∇L` is obtained.
 mod adjoint;
+mod kernel_gradient;
 pub mod op;
 mod spec;
 

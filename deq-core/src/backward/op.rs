@@ -24,6 +24,7 @@ use burn::backend::{
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DispatchTensor, Tensor};
 
+use super::kernel_gradient::{kernel_gradient, shifted_products_pay};
 use crate::linearization::{affine, normalize, normalized_backward};
 
 type AdjointFn = Box<dyn FnOnce(Tensor<2>) -> Tensor<2> + Send>;
@@ -82,13 +83,13 @@ pub trait DeqOps: Backend {
     }
 
     /// Stride-1 convolution without bias, `padding` on every side; see [`conv2d_same`].
-    /// `by_conv`: compute the input gradient as a forward convolution.
+    /// `routes`: how its backward computes the two gradients.
     #[allow(unused_variables)]
     fn conv2d_same(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         padding: usize,
-        by_conv: bool,
+        routes: ConvRoutes,
     ) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, same_options(padding))
     }
@@ -150,7 +151,7 @@ where
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         padding: usize,
-        by_conv: bool,
+        routes: ConvRoutes,
     ) -> FloatTensor<Self> {
         let (x, x_guard) = x.into_parts();
         let (weight, weight_guard) = weight.into_parts();
@@ -160,7 +161,7 @@ where
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((x, weight, padding, by_conv), output),
+            OpsKind::Tracked(prep) => prep.finish((x, weight, padding, routes), output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
@@ -185,6 +186,17 @@ fn same_options(padding: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
 }
 
+/// How the backward of [`conv2d_same`] computes its two gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvRoutes {
+    /// The input gradient as a forward convolution with the flipped, transposed kernel
+    /// (otherwise Burn's transposed convolution).
+    pub input_by_conv: bool,
+    /// The kernel gradient as `k²` shifted matrix products (otherwise Burn's, a convolution
+    /// with the batch as channels and the output gradient as kernel).
+    pub kernel_by_products: bool,
+}
+
 #[derive(Debug)]
 struct ConvSameBackward;
 
@@ -192,35 +204,45 @@ impl<B: Backend> Backward<B, 2> for ConvSameBackward
 where
     DispatchTensor: DispatchKindConversion<B>,
 {
-    /// `x`, the kernel, the padding, and whether the input gradient is a forward convolution.
-    type State = (FloatTensor<B>, FloatTensor<B>, usize, bool);
+    /// `x`, the kernel, the padding, and the routes of the two gradients.
+    type State = (FloatTensor<B>, FloatTensor<B>, usize, ConvRoutes);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x, weight, padding, by_conv) = ops.state;
+        let (x, weight, padding, routes) = ops.state;
         let options = same_options(padding);
+        let tensor = |primitive: FloatTensor<B>| Tensor::<4>::from_primitive::<B>(primitive);
+        let primitive = |tensor: Tensor<4>| {
+            tensor
+                .try_into_primitive::<B>()
+                .expect("the gradients stay on the backend of their inputs")
+        };
         if let Some(node) = node_x {
-            let grad_x = if by_conv {
+            let grad_x = if routes.input_by_conv {
                 // The input gradient of a stride-1 "same" convolution is the convolution of the
                 // output gradient with the flipped, transposed kernel. Burn's default is a
                 // transposed convolution, which on the CPU is a direct loop: with more input
                 // than output channels the im2col convolution is about twice as fast
                 // (`docs/RESULTS.md`).
-                let flipped = Tensor::<4>::from_primitive::<B>(weight.clone())
-                    .swap_dims(0, 1)
-                    .flip([2, 3]);
-                let out_grad = Tensor::<4>::from_primitive::<B>(grad.clone());
-                burn::tensor::module::conv2d(out_grad, flipped, None, options.clone())
-                    .try_into_primitive::<B>()
-                    .expect("a convolution stays on the backend of its inputs")
+                let flipped = tensor(weight.clone()).swap_dims(0, 1).flip([2, 3]);
+                primitive(burn::tensor::module::conv2d(
+                    tensor(grad.clone()),
+                    flipped,
+                    None,
+                    options.clone(),
+                ))
             } else {
                 B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
             };
             grads.register::<B>(node.id, grad_x);
         }
         if let Some(node) = node_weight {
-            let grad_weight = B::conv2d_weight_backward(x, weight, grad, options);
+            let grad_weight = if routes.kernel_by_products {
+                primitive(kernel_gradient(tensor(x), tensor(grad), 2 * padding + 1))
+            } else {
+                B::conv2d_weight_backward(x, weight, grad, options)
+            };
             grads.register::<B>(node.id, grad_weight);
         }
     }
@@ -229,23 +251,31 @@ where
 /// Stride-1 convolution with "same" padding (`k / 2` for a `k × k` kernel) and no bias:
 /// `x` `[batch, in, H, W]`, `weight` `[out, in, k, k]` (odd `k`) → `[batch, out, H, W]`.
 ///
-/// The value and gradients are those of `burn::tensor::module::conv2d`; when the kernel has more
-/// input than output channels, the input gradient is computed as a forward convolution with
-/// the flipped, transposed kernel instead of Burn's transposed convolution (the same numbers,
-/// faster on the CPU backend).
+/// The value and gradients are those of `burn::tensor::module::conv2d`, by cheaper routes:
+/// - when the kernel has more input than output channels, the input gradient is a forward
+///   convolution with the flipped, transposed kernel instead of Burn's transposed convolution;
+/// - on the CPU backends, when the images are wide enough, the kernel gradient is `k²` batched
+///   matrix products of shifted views instead of Burn's convolution with the batch as
+///   channels (see `kernel_gradient.rs`).
 pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
     let [channels_out, channels_in, kernel, _] = weight.dims();
     let padding = kernel / 2;
     if !x.is_tracked() && !weight.is_tracked() {
         return burn::tensor::module::conv2d(x, weight, None, same_options(padding));
     }
+    let width = x.dims()[3];
+    let routes = ConvRoutes {
+        input_by_conv: channels_in > channels_out,
+        kernel_by_products: crate::device::is_host_memory(&x.device())
+            && shifted_products_pay(width, kernel),
+    };
     // Both operands on the autodiff backend (one of them may be a constant).
     let (x, weight) = (x.autodiff(), weight.autodiff());
     Tensor::from_dispatch(<Dispatch as DeqOps>::conv2d_same(
         x.into_dispatch(),
         weight.into_dispatch(),
         padding,
-        channels_in > channels_out,
+        routes,
     ))
 }
 
