@@ -8,7 +8,7 @@ use burn::tensor::activation::relu;
 use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
 use rayon::prelude::*;
 
-use super::{apply_group_norm, conv, conv_vjp, group_norm, group_norm_vjp};
+use super::{apply_conv, apply_group_norm, conv, conv_vjp, group_norm, group_norm_vjp};
 
 /// Coarser to finer: conv1×1 `C_j → C_i` → GroupNorm → nearest upsampling by `factor`.
 #[derive(Module, Debug)]
@@ -93,14 +93,14 @@ impl Fusion {
                     if j > i {
                         let t = up.next().expect("one upsampling map per pair");
                         y = y + upsample_nearest(
-                            apply_group_norm(&t.norm, t.conv.forward(outs[j].clone())),
+                            apply_group_norm(&t.norm, apply_conv(&t.conv, outs[j].clone())),
                             t.factor,
                         );
                     } else if j < i {
                         let t = down.next().expect("one downsampling map per pair");
                         let mut h = outs[j].clone();
                         for (k, (c, g)) in t.convs.iter().zip(&t.norms).enumerate() {
-                            h = apply_group_norm(g, c.forward(h));
+                            h = apply_group_norm(g, apply_conv(c, h));
                             if k + 1 < t.convs.len() {
                                 h = relu(h);
                             }

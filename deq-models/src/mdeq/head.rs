@@ -5,7 +5,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-use super::{MdeqConfig, conv};
+use super::{MdeqConfig, apply_conv, conv};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// Bottleneck `C → 4H` (expansion 4): conv1×1 → BN → ReLU → conv3×3 → BN → ReLU → conv1×1 →
@@ -104,12 +104,12 @@ impl Head {
                 None => incre,
                 Some(prev) => {
                     let d = &self.down[i - 1];
-                    incre + relu(d.norm.forward(d.conv.forward(prev)))
+                    incre + relu(d.norm.forward(apply_conv(&d.conv, prev)))
                 }
             });
         }
         let y = y.expect("at least one branch");
-        let y = relu(self.final_norm.forward(self.final_conv.forward(y)));
+        let y = relu(self.final_norm.forward(apply_conv(&self.final_conv, y)));
         let [batch, channels, _, _] = y.dims();
         let pooled = y.mean_dim(3).mean_dim(2).reshape([batch, channels]);
         self.classifier.forward(pooled)
@@ -119,9 +119,9 @@ impl Head {
 impl Bottleneck {
     /// `[batch, C, h, w] → [batch, 4H, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = relu(self.norm1.forward(self.conv1.forward(x.clone())));
-        let h = relu(self.norm2.forward(self.conv2.forward(h)));
-        let h = self.norm3.forward(self.conv3.forward(h));
-        relu(h + self.shortcut_norm.forward(self.shortcut.forward(x)))
+        let h = relu(self.norm1.forward(apply_conv(&self.conv1, x.clone())));
+        let h = relu(self.norm2.forward(apply_conv(&self.conv2, h)));
+        let h = self.norm3.forward(apply_conv(&self.conv3, h));
+        relu(h + self.shortcut_norm.forward(apply_conv(&self.shortcut, x)))
     }
 }

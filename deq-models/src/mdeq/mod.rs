@@ -59,6 +59,30 @@ pub(crate) fn conv(
         .init(device)
 }
 
+/// `conv.forward(x)`: the same value and gradients, through [`deq_core::conv2d_same`] (its
+/// cheaper gradients) when the convolution is stride 1, undilated, ungrouped and "same"-padded.
+pub(crate) fn apply_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, _, kernel_h, kernel_w] = conv.weight.dims();
+    let p = kernel_h / 2;
+    let same = kernel_h == kernel_w
+        && kernel_h % 2 == 1
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && conv.padding == PaddingConfig2d::Explicit(p, p, p, p);
+    if !same {
+        return conv.forward(x);
+    }
+    let y = deq_core::conv2d_same(x, conv.weight.val());
+    match &conv.bias {
+        Some(bias) => {
+            let channels = bias.dims()[0];
+            y + bias.val().reshape([1, channels, 1, 1])
+        }
+        None => y,
+    }
+}
+
 /// GroupNorm with weight 1 and bias 0 (when affine).
 pub(crate) fn group_norm(
     groups: usize,
@@ -106,5 +130,75 @@ pub(crate) fn conv_vjp(conv: &Conv2d, x: Tensor<4>) -> Option<(Tensor<4>, Conv2d
     }
     let [_, _, height, width] = x.dims();
     let vjp = Conv2dVjp::new(conv.weight.val(), conv.stride, [top, left], [height, width]);
-    Some((conv.forward(x), vjp))
+    Some((apply_conv(conv, x), vjp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().iter::<f32>().collect()
+    }
+
+    fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>();
+        (diff / b.iter().map(|y| y * y).sum::<f32>()).sqrt()
+    }
+
+    /// `apply_conv` has the value and the gradients (input, kernel, bias) of `Conv2d::forward`:
+    /// 1×1 and 3×3 kernels with and without bias through `conv2d_same` (images wide enough for
+    /// its shifted-product kernel gradient), and a stride-2 convolution through Burn's.
+    #[test]
+    fn apply_conv_matches_the_module() {
+        let device = deq_core::device::cpu().autodiff();
+        for (cin, cout, kernel, stride, bias) in [
+            (5, 3, 1, 1, true),
+            (3, 6, 3, 1, false),
+            (4, 4, 3, 1, true),
+            (4, 6, 3, 2, true),
+        ] {
+            let conv = conv([cin, cout], kernel, stride, bias, 0.5, &device);
+            let x = Tensor::<4>::random([2, cin, 9, 20], Distribution::Normal(0.0, 1.0), &device);
+            let out = Tensor::<4>::random(
+                conv.forward(x.clone()).dims(),
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let run = |ours: bool| {
+                let x = x.clone().detach().require_grad();
+                let y = if ours {
+                    apply_conv(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
+                };
+                let value = values(y.clone());
+                let grads = (y * out.clone()).sum().backward();
+                let bias = conv.bias.as_ref().map(|b| {
+                    b.grad(&grads)
+                        .unwrap()
+                        .into_data()
+                        .iter::<f32>()
+                        .collect::<Vec<f32>>()
+                });
+                (
+                    value,
+                    values(x.grad(&grads).unwrap()),
+                    values(conv.weight.grad(&grads).unwrap()),
+                    bias,
+                )
+            };
+            let (v0, x0, w0, b0) = run(false);
+            let (v1, x1, w1, b1) = run(true);
+            let case = format!("{cin}->{cout}, k {kernel}, stride {stride}, bias {bias}");
+            assert!(rel_err(&v1, &v0) < 1e-5, "{case}: value");
+            assert!(rel_err(&x1, &x0) < 1e-5, "{case}: input gradient");
+            assert!(rel_err(&w1, &w0) < 1e-5, "{case}: kernel gradient");
+            assert_eq!(b1.is_some(), bias, "{case}");
+            if let (Some(b1), Some(b0)) = (b1, b0) {
+                assert!(rel_err(&b1, &b0) < 1e-5, "{case}: bias gradient");
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-use super::{MdeqConfig, conv};
+use super::{MdeqConfig, apply_conv, conv};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// conv1×1 → BatchNorm → ReLU on the stem output (the reference's `stage0`).
@@ -58,10 +58,10 @@ impl Stem {
             Some(n) => n.forward(x),
             None => x,
         };
-        let x = relu(norm(&self.norm1, self.conv1.forward(x)));
-        let x = relu(norm(&self.norm2, self.conv2.forward(x)));
+        let x = relu(norm(&self.norm1, apply_conv(&self.conv1, x)));
+        let x = relu(norm(&self.norm2, apply_conv(&self.conv2, x)));
         match &self.injection {
-            Some(t) => relu(t.norm.forward(t.conv.forward(x))),
+            Some(t) => relu(t.norm.forward(apply_conv(&t.conv, x))),
             None => x,
         }
     }
