@@ -55,7 +55,7 @@ pub mod solver;
 mod state;
 pub mod toy;
 
-pub use backward::op::{conv2d_same, group_norm};
+pub use backward::op::{batch_norm_train, conv2d_same, group_norm};
 pub use backward::{BackwardMode, BackwardReport, BackwardStats, ParseModeError};
 pub use deq::{Deq, DeqConfig, DeqOutput};
 pub use error::DeqError;

@@ -495,6 +495,96 @@ fn group_norm_matches_burn_group_norm() {
     }
 }
 
+/// `batch_norm_train` has the value, the batch statistics and the gradients of
+/// `burn::tensor::module::batch_norm_train` (input, scale and shift tracked or constant), in f64.
+#[test]
+fn batch_norm_train_matches_burn() {
+    use burn::tensor::{DType, TensorData};
+    let device = device();
+    let tensor = |len: usize, seed: u64| {
+        let values = Rng::new(seed).normals(len);
+        Tensor::<1>::from_data(TensorData::new(values, [len]), (&device, DType::F64))
+    };
+    let shape = [3, 4, 5, 6];
+    let len = shape.iter().product();
+    // Offsets per channel, so that the means are not zero.
+    let x0 = tensor(len, 51).reshape(shape) + tensor(4, 52).reshape([1, 4, 1, 1]) * 3.0;
+    let weight = tensor(len, 53).reshape(shape);
+    let gamma0 = tensor(4, 54) * 0.5 + 1.0;
+    let beta0 = tensor(4, 55);
+    for (track_x, track_params) in [(true, true), (true, false), (false, true)] {
+        let run = |ours: bool| {
+            let lift = |t: Tensor<1>, track: bool| {
+                if track {
+                    t.autodiff().require_grad()
+                } else {
+                    t.autodiff()
+                }
+            };
+            let x = if track_x {
+                x0.clone().autodiff().require_grad()
+            } else {
+                x0.clone().autodiff()
+            };
+            let (gamma, beta) = (
+                lift(gamma0.clone(), track_params),
+                lift(beta0.clone(), track_params),
+            );
+            let (y, mean, variance) = if ours {
+                deq_core::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5)
+            } else {
+                let out = burn::tensor::module::batch_norm_train(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-5,
+                );
+                (out.output, out.mean, out.variance)
+            };
+            let stats = [mean, variance].map(|t| {
+                t.without_autodiff()
+                    .into_data()
+                    .iter::<f64>()
+                    .collect::<Vec<_>>()
+            });
+            let value = values(y.clone().without_autodiff());
+            let grads = (y * weight.clone().autodiff()).sum().backward();
+            let gx = x.grad(&grads).map(values);
+            let flat = |t: Tensor<1>| t.into_data().iter::<f64>().collect::<Vec<_>>();
+            let gg = gamma.grad(&grads).map(flat);
+            let gb = beta.grad(&grads).map(flat);
+            (value, stats, gx, gg, gb)
+        };
+        let (v0, s0, gx0, gg0, gb0) = run(false);
+        let (v1, s1, gx1, gg1, gb1) = run(true);
+        let case = format!("tracked x {track_x}, params {track_params}");
+        assert!(rel_err(&v1, &v0) < 1e-12, "{case}: value");
+        assert!(rel_err(&s1[0], &s0[0]) < 1e-12, "{case}: mean");
+        assert!(rel_err(&s1[1], &s0[1]) < 1e-12, "{case}: variance");
+        assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
+        assert_eq!(
+            gg1.is_some(),
+            track_params,
+            "{case}: scale gradient present"
+        );
+        assert_eq!(
+            gb1.is_some(),
+            track_params,
+            "{case}: shift gradient present"
+        );
+        for (name, ours, theirs) in [
+            ("input", gx1, gx0),
+            ("scale", gg1, gg0),
+            ("shift", gb1, gb0),
+        ] {
+            if let (Some(a), Some(b)) = (ours, theirs) {
+                let err = rel_err(&a, &b);
+                assert!(err < 1e-10, "{case}: {name} gradient {err:e}");
+            }
+        }
+    }
+}
+
 /// The toy's f with a hand-written linearisation that counts its products.
 struct LinearizedToy {
     products: std::sync::Arc<std::sync::atomic::AtomicUsize>,

@@ -1,7 +1,7 @@
 //! Custom autodiff ops: the ONE place in the project that touches Burn's backend internals
-//! (the autodiff graph and backend primitives). Two ops: the gradient-replacing identity that
-//! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]), and
-//! [`conv2d_same`], a convolution with a cheaper input gradient.
+//! (the autodiff graph and backend primitives). Three ops: the gradient-replacing identity that
+//! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
+//! [`conv2d_same`], a convolution with cheaper gradients, and the fused [`batch_norm_train`].
 //!
 //! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
@@ -82,6 +82,21 @@ pub trait DeqOps: Backend {
         value
     }
 
+    /// Returns `value`, BatchNorm's output `x̂ γ + β` (`x̂ = normalized`, per-channel
+    /// `inv_std`, shape `[1, C, 1, 1]`); backward, the gradients of `x`, `gamma` and `beta`;
+    /// see [`batch_norm_train`].
+    #[allow(unused_variables)]
+    fn batch_norm_fused(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        normalized: FloatTensor<Self>,
+        inv_std: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        value
+    }
+
     /// Stride-1 convolution without bias, `padding` on every side; see [`conv2d_same`].
     /// `routes`: how its backward computes the two gradients.
     #[allow(unused_variables)]
@@ -147,6 +162,30 @@ where
         }
     }
 
+    fn batch_norm_fused(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        normalized: FloatTensor<Self>,
+        inv_std: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (_, x_guard) = x.into_parts();
+        let (gamma, gamma_guard) = gamma.into_parts();
+        let (_, beta_guard) = beta.into_parts();
+        let (value, _) = value.into_parts();
+        let (normalized, _) = normalized.into_parts();
+        let (inv_std, _) = inv_std.into_parts();
+        match BatchNormBackward
+            .prepare::<C>([x_guard, gamma_guard, beta_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((normalized, inv_std, gamma), value),
+            OpsKind::UnTracked(prep) => prep.finish(value),
+        }
+    }
+
     fn conv2d_same(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -184,6 +223,52 @@ pub fn adjoint_identity(z: Tensor<2>, map: AdjointMap) -> Tensor<2> {
 /// Options of a stride-1 convolution with `padding` on every side.
 fn same_options(padding: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl<B: Backend> Backward<B, 3> for BatchNormBackward
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    /// `x̂` (`[batch, C, H, W]`), `1 / σ` (`[1, C, 1, 1]`) and `γ` (`[C]`).
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = Tensor::<4>::from_primitive::<B>(grads.consume::<B>(&ops.node));
+        let (normalized, inv_std, gamma) = ops.state;
+        let normalized = Tensor::<4>::from_primitive::<B>(normalized);
+        let [batch, channels, height, width] = grad.dims();
+        let count = (batch * height * width) as f64;
+        let per_channel = |t: Tensor<4>| -> Tensor<4> { t.sum_dim(3).sum_dim(2).sum_dim(0) };
+        let primitive = |t: Tensor<1>| {
+            t.try_into_primitive::<B>()
+                .expect("the gradients stay on the backend of their inputs")
+        };
+        let sum_grad = per_channel(grad.clone());
+        let sum_grad_normalized = per_channel(grad.clone() * normalized.clone());
+        if let Some(node) = node_x {
+            // ∂x = γ σ⁻¹ (g − mean(g) − x̂ mean(g x̂)), means over batch and pixels per channel.
+            let scale = Tensor::<1>::from_primitive::<B>(gamma).reshape([1, channels, 1, 1])
+                * Tensor::<4>::from_primitive::<B>(inv_std);
+            let grad_x = (grad
+                - sum_grad.clone() / count
+                - normalized * (sum_grad_normalized.clone() / count))
+                * scale;
+            let grad_x = grad_x
+                .try_into_primitive::<B>()
+                .expect("the gradients stay on the backend of their inputs");
+            grads.register::<B>(node.id, grad_x);
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<B>(node.id, primitive(sum_grad_normalized.reshape([channels])));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<B>(node.id, primitive(sum_grad.reshape([channels])));
+        }
+    }
 }
 
 /// How the backward of [`conv2d_same`] computes its two gradients.
@@ -323,4 +408,57 @@ pub fn group_norm(
         }
     };
     affine(normalized, gamma, beta)
+}
+
+/// BatchNorm in training mode on `x` (`[batch, C, H, W]`) with scale `gamma` and shift `beta`
+/// (`[C]`): returns the output `(x − μ) / √(σ² + ε) · γ + β` and the batch statistics `μ`, `σ²`
+/// (`[C]`, biased variance, without autodiff), the values of
+/// `burn::tensor::module::batch_norm_train`.
+///
+/// Tracked, the whole layer is one node of the autodiff graph. Its backward takes the
+/// per-channel sums of `g` and `g x̂` over batch and pixels in place (Burn's transposes `g` and
+/// `g x̂` to `[C, batch · H · W]` first and recomputes `x̂`), and returns the gradients of `x`,
+/// `γ` and `β` together.
+pub fn batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let [batch, channels, height, width] = x.dims();
+    let count = (batch * height * width) as f64;
+    let per_channel = |t: Tensor<4>| -> Tensor<4> { t.sum_dim(3).sum_dim(2).sum_dim(0) };
+    let plain = x.clone().without_autodiff();
+    let mean = per_channel(plain.clone()) / count;
+    let centered = plain - mean.clone();
+    let variance = per_channel(centered.clone().square()) / count;
+    let inv_std = (variance.clone() + epsilon).sqrt().recip();
+    let normalized = centered * inv_std.clone();
+    let (scale, shift) = (
+        gamma
+            .clone()
+            .without_autodiff()
+            .reshape([1, channels, 1, 1]),
+        beta.clone().without_autodiff().reshape([1, channels, 1, 1]),
+    );
+    let value = normalized.clone() * scale + shift;
+    let statistics = (mean.reshape([channels]), variance.reshape([channels]));
+    if !(x.is_tracked() || gamma.is_tracked() || beta.is_tracked()) {
+        let value = if x.is_autodiff() {
+            value.autodiff()
+        } else {
+            value
+        };
+        return (value, statistics.0, statistics.1);
+    }
+    let (x, gamma, beta) = (x.autodiff(), gamma.autodiff(), beta.autodiff());
+    let value = Tensor::<4>::from_dispatch(<Dispatch as DeqOps>::batch_norm_fused(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        value.autodiff().into_dispatch(),
+        normalized.autodiff().into_dispatch(),
+        inv_std.autodiff().into_dispatch(),
+    ));
+    (value, statistics.0, statistics.1)
 }
