@@ -1,9 +1,20 @@
-//! Kernel gradient of stride-1 "same" 3×3 convolutions: Burn's (a convolution with the batch
-//! as channels and the image as kernel) against shifted matrix products.
+//! The gradients of the MDEQ's convolutions (batch 32), timed alone:
+//!
+//! 1. kernel gradient (kernel tracked, `loss.backward()` and the read-back): Burn's `conv2d`
+//!    (a convolution with the batch as channels and the output gradient as kernel) against
+//!    `deq_core::conv2d_same` (shifted matrix products where `shifted_products_pay`), for the
+//!    shapes of `tiny` and `small`;
+//! 2. input gradient of stride-1 convolutions with no more input than output channels:
+//!    Burn's transposed convolution against the forward convolution with the flipped,
+//!    transposed kernel (the route `conv2d_same` takes with more input than output channels);
+//! 3. stride-2 convolutions (Burn's routes only): forward, kernel and input gradients.
+//!
+//! `RAYON_NUM_THREADS=1 cargo run --release -p deq-train --example conv_weight_grad`
+//! Medians of 10 runs.
 use std::time::Instant;
 
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Distribution, Tensor};
 
 #[global_allocator]
@@ -14,147 +25,68 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn burn_grad(x: &Tensor<4>, w: &Tensor<4>, dy: &Tensor<4>) -> (f64, Tensor<4>) {
+fn normal(shape: [usize; 4]) -> Tensor<4> {
+    Tensor::<4>::random(
+        shape,
+        Distribution::Normal(0.0, 1.0),
+        &deq_core::device::cpu(),
+    )
+}
+
+/// Milliseconds of `loss.backward()` to the kernel, and the kernel gradient.
+fn kernel_gradient(
+    x: &Tensor<4>,
+    w: &Tensor<4>,
+    dy: &Tensor<4>,
+    stride: usize,
+    ours: bool,
+) -> (f64, Tensor<4>) {
     let p = w.dims()[2] / 2;
     let wa = w.clone().autodiff().require_grad();
+    let xa = x.clone().autodiff();
+    let y = if ours {
+        deq_core::conv2d_same(xa, wa.clone())
+    } else {
+        conv2d(
+            xa,
+            wa.clone(),
+            None,
+            ConvOptions::new([stride, stride], [p, p], [1, 1], 1),
+        )
+    };
+    let started = Instant::now();
+    let grads = (y * dy.clone().autodiff()).sum().backward();
+    let dw = wa.grad(&grads).expect("the kernel is tracked");
+    let _ = dw.clone().into_data();
+    (started.elapsed().as_secs_f64() * 1e3, dw)
+}
+
+/// Milliseconds of `loss.backward()` to the input.
+fn input_gradient(x: &Tensor<4>, w: &Tensor<4>, dy: &Tensor<4>, stride: usize) -> f64 {
+    let p = w.dims()[2] / 2;
+    let xa = x.clone().autodiff().require_grad();
     let y = conv2d(
-        x.clone().autodiff(),
-        wa.clone(),
+        xa.clone(),
+        w.clone().autodiff(),
         None,
-        ConvOptions::new([1, 1], [p, p], [1, 1], 1),
+        ConvOptions::new([stride, stride], [p, p], [1, 1], 1),
     );
     let started = Instant::now();
     let grads = (y * dy.clone().autodiff()).sum().backward();
-    let dw = wa.grad(&grads).expect("tracked");
-    let _ = dw.clone().into_data();
-    (started.elapsed().as_secs_f64() * 1e3, dw)
+    let _ = xa.grad(&grads).expect("the input is tracked").into_data();
+    started.elapsed().as_secs_f64() * 1e3
 }
 
-fn shifted(x: &Tensor<4>, dy: &Tensor<4>, k: usize) -> (f64, Tensor<4>) {
+fn forward(x: &Tensor<4>, w: &Tensor<4>, stride: usize) -> f64 {
+    let p = w.dims()[2] / 2;
     let started = Instant::now();
-    let [b, cin, h, w] = x.dims();
-    let [_, cout, _, _] = dy.dims();
-    let p = k / 2;
-    let wp = w + 2 * p;
-    // x padded by p on every side plus one more bottom row so every shifted window fits.
-    let xp = x.clone().pad(
-        [(p, p + 1), (p, p)],
-        burn::tensor::ops::PadMode::Constant(0.0),
-    );
-    let hp = h + 2 * p + 1;
-    let xp = xp.reshape([b, cin, hp * wp]);
-    // dy with its rows widened to the padded width (zeros in the extra columns).
-    let dyp = dy
-        .clone()
-        .pad(
-            [(0, 0), (0, 2 * p)],
-            burn::tensor::ops::PadMode::Constant(0.0),
-        )
-        .reshape([b, cout, h * wp]);
-    let len = h * wp;
-    let mut taps = Vec::with_capacity(k * k);
-    for ky in 0..k {
-        for kx in 0..k {
-            let off = ky * wp + kx;
-            let window = xp
-                .clone()
-                .slice([0..b, 0..cin, off..off + len])
-                .swap_dims(1, 2);
-            let prod = dyp
-                .clone()
-                .matmul(window)
-                .sum_dim(0)
-                .reshape([cout, cin, 1]);
-            taps.push(prod);
-        }
-    }
-    let dw = Tensor::cat(taps, 2).reshape([cout, cin, k, k]);
-    let _ = dw.clone().into_data();
-    (started.elapsed().as_secs_f64() * 1e3, dw)
-}
-
-fn flat(x: &Tensor<4>, dy: &Tensor<4>, k: usize) -> (f64, Tensor<4>) {
-    let started = Instant::now();
-    let [b, cin, h, w] = x.dims();
-    let [_, cout, _, _] = dy.dims();
-    let p = k / 2;
-    let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let per = hp * wp;
-    let n = b * per;
-    let tail = (k - 1) * wp + k - 1;
-    use burn::tensor::ops::PadMode::Constant;
-    let xp = x
-        .clone()
-        .pad([(p, p), (p, p)], Constant(0.0))
-        .swap_dims(0, 1)
-        .reshape([cin, n]);
-    let xp = Tensor::cat(vec![xp, Tensor::zeros([cin, tail], &x.device())], 1);
-    let dyp = dy
-        .clone()
-        .pad([(0, 2 * p), (0, 2 * p)], Constant(0.0))
-        .swap_dims(0, 1)
-        .reshape([cout, n]);
-    let mut taps = Vec::with_capacity(k * k);
-    for ky in 0..k {
-        for kx in 0..k {
-            let off = ky * wp + kx;
-            let window = xp.clone().slice([0..cin, off..off + n]).transpose();
-            taps.push(dyp.clone().matmul(window).reshape([cout, cin, 1]));
-        }
-    }
-    let dw = Tensor::cat(taps, 2).reshape([cout, cin, k, k]);
-    let _ = dw.clone().into_data();
-    (started.elapsed().as_secs_f64() * 1e3, dw)
+    let options = ConvOptions::new([stride, stride], [p, p], [1, 1], 1);
+    let _ = conv2d(x.clone(), w.clone(), None, options).into_data();
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 fn main() {
-    let device = deq_core::device::cpu();
-    for (cin, cout, hw, k) in [
-        (24, 24, 32, 3),
-        (8, 8, 32, 3),
-        (16, 16, 16, 3),
-        (8, 32, 32, 1),
-        (16, 64, 16, 1),
-        (24, 24, 16, 1),
-        (8, 8, 14, 3),
-        (16, 16, 7, 3),
-        (24, 120, 32, 3),
-    ] {
-        let p = k / 2;
-        let normal =
-            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let (w, dy) = (normal([cout, cin, k, k]), normal([32, cout, hw, hw]));
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..10 {
-            let started = Instant::now();
-            let _ = burn::tensor::module::conv_transpose2d(
-                dy.clone(),
-                w.clone(),
-                None,
-                burn::tensor::ops::ConvTransposeOptions::new([1, 1], [p, p], [0, 0], [1, 1], 1),
-            )
-            .into_data();
-            a.push(started.elapsed().as_secs_f64() * 1e3);
-            let started = Instant::now();
-            let _ = conv2d(
-                dy.clone(),
-                w.clone().swap_dims(0, 1).flip([2, 3]),
-                None,
-                ConvOptions::new([1, 1], [p, p], [1, 1], 1),
-            )
-            .into_data();
-            b.push(started.elapsed().as_secs_f64() * 1e3);
-        }
-        println!(
-            "{k}x{k} {cin} -> {cout}, {hw}x{hw}: input gradient transposed {:.2} ms, forward {:.2} ms",
-            median(a),
-            median(b)
-        );
-    }
-    if std::env::args().count() > 1 {
-        stride_two();
-        return;
-    }
+    println!("kernel gradient, stride 1:");
     for (cin, cout, hw, k) in [
         (24, 120, 32, 3),
         (120, 24, 32, 3),
@@ -167,85 +99,88 @@ fn main() {
         (24, 8, 32, 1),
         (8, 32, 32, 1),
         (24, 32, 32, 1),
-        (24, 16, 16, 1),
         (16, 64, 16, 1),
-        (24, 64, 16, 1),
         (64, 200, 16, 1),
         (24, 24, 16, 1),
         (8, 40, 14, 3),
+        (40, 8, 14, 3),
         (16, 80, 7, 3),
+        (80, 16, 7, 3),
     ] {
-        let normal =
-            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let (x, w, dy) = (
             normal([32, cin, hw, hw]),
             normal([cout, cin, k, k]),
             normal([32, cout, hw, hw]),
         );
-        let (mut forward, mut burn, mut ours) = (Vec::new(), Vec::new(), Vec::new());
-        let mut diff = 0.0f32;
+        let (mut f, mut burn, mut ours, mut diff) = (Vec::new(), Vec::new(), Vec::new(), 0.0f32);
         for _ in 0..10 {
-            let started = Instant::now();
-            let _ = conv2d(
-                x.clone(),
-                w.clone(),
-                None,
-                ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], 1),
-            )
-            .into_data();
-            forward.push(started.elapsed().as_secs_f64() * 1e3);
-            let (a_ms, a) = burn_grad(&x, &w, &dy);
-            let (b_ms, b) = shifted(&x, &dy, k);
+            f.push(forward(&x, &w, 1));
+            let (a_ms, a) = kernel_gradient(&x, &w, &dy, 1, false);
+            let (b_ms, b) = kernel_gradient(&x, &w, &dy, 1, true);
             burn.push(a_ms);
             ours.push(b_ms);
-            diff = (a.clone() - b).abs().max().into_scalar::<f32>()
-                / a.abs().max().into_scalar::<f32>();
+            let scale = a.clone().abs().max().into_scalar::<f32>();
+            diff = diff.max((a - b).abs().max().into_scalar::<f32>() / scale);
         }
         println!(
-            "{k}x{k} {cin} -> {cout}, {hw}x{hw}: forward {:.2} ms; kernel gradient: Burn {:.2} ms, shifted {:.2} ms (rel diff {diff:e})",
-            median(forward),
+            "  {k}x{k} {cin} -> {cout}, {hw}x{hw}: forward {:.2} ms; Burn {:.2} ms, conv2d_same {:.2} ms (largest relative difference {diff:.1e})",
+            median(f),
             median(burn),
-            median(ours),
+            median(ours)
         );
     }
-}
 
-/// Stride-2 3×3 convolutions: forward, Burn's kernel and input gradients.
-#[allow(dead_code)]
-pub fn stride_two() {
-    let device = deq_core::device::cpu();
+    println!("input gradient, stride 1, no more input than output channels:");
+    for (cin, cout, hw, k) in [
+        (24, 24, 32, 3),
+        (8, 8, 32, 3),
+        (16, 16, 16, 3),
+        (24, 120, 32, 3),
+        (8, 32, 32, 1),
+        (16, 64, 16, 1),
+        (24, 24, 16, 1),
+        (8, 8, 14, 3),
+        (16, 16, 7, 3),
+    ] {
+        let p = k / 2;
+        let (w, dy) = (normal([cout, cin, k, k]), normal([32, cout, hw, hw]));
+        let (mut transposed, mut by_conv) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let started = Instant::now();
+            let options = ConvTransposeOptions::new([1, 1], [p, p], [0, 0], [1, 1], 1);
+            let _ = conv_transpose2d(dy.clone(), w.clone(), None, options).into_data();
+            transposed.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = Instant::now();
+            let flipped = w.clone().swap_dims(0, 1).flip([2, 3]);
+            let options = ConvOptions::new([1, 1], [p, p], [1, 1], 1);
+            let _ = conv2d(dy.clone(), flipped, None, options).into_data();
+            by_conv.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "  {k}x{k} {cin} -> {cout}, {hw}x{hw}: transposed convolution {:.2} ms, forward convolution {:.2} ms",
+            median(transposed),
+            median(by_conv)
+        );
+    }
+
+    println!("stride 2 (Burn's routes):");
     for (cin, cout, hw) in [(24, 24, 32), (32, 64, 32), (8, 16, 14)] {
-        let normal =
-            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let (x, w, dy) = (
             normal([32, cin, hw, hw]),
             normal([cout, cin, 3, 3]),
             normal([32, cout, hw / 2, hw / 2]),
         );
-        let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-        let (mut f, mut kw, mut kx) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut f, mut kernel, mut input) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..10 {
-            let started = Instant::now();
-            let _ = conv2d(x.clone(), w.clone(), None, options.clone()).into_data();
-            f.push(started.elapsed().as_secs_f64() * 1e3);
-            let wa = w.clone().autodiff().require_grad();
-            let y = conv2d(x.clone().autodiff(), wa.clone(), None, options.clone());
-            let started = Instant::now();
-            let g = (y * dy.clone().autodiff()).sum().backward();
-            let _ = wa.grad(&g).unwrap().into_data();
-            kw.push(started.elapsed().as_secs_f64() * 1e3);
-            let xa = x.clone().autodiff().require_grad();
-            let y = conv2d(xa.clone(), w.clone().autodiff(), None, options.clone());
-            let started = Instant::now();
-            let g = (y * dy.clone().autodiff()).sum().backward();
-            let _ = xa.grad(&g).unwrap().into_data();
-            kx.push(started.elapsed().as_secs_f64() * 1e3);
+            f.push(forward(&x, &w, 2));
+            kernel.push(kernel_gradient(&x, &w, &dy, 2, false).0);
+            input.push(input_gradient(&x, &w, &dy, 2));
         }
         println!(
-            "stride 2, 3x3 {cin} -> {cout}, {hw}x{hw}: forward {:.2} ms, kernel gradient {:.2} ms, input gradient {:.2} ms",
+            "  3x3 {cin} -> {cout}, {hw}x{hw}: forward {:.2} ms, kernel gradient {:.2} ms, input gradient {:.2} ms",
             median(f),
-            median(kw),
-            median(kx)
+            median(kernel),
+            median(input)
         );
     }
 }
