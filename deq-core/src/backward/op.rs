@@ -133,10 +133,7 @@ where
         if let Some(parent) = parent {
             let grad = Tensor::<2>::from_primitive::<B>(grad);
             let adjoint = ops.state.apply(grad);
-            let adjoint = adjoint
-                .try_into_primitive::<B>()
-                .expect("the adjoint map returns a tensor on the backend it was given");
-            grads.register::<B>(parent.id, adjoint);
+            grads.register::<B>(parent.id, primitive(adjoint));
         }
     }
 }
@@ -225,6 +222,23 @@ fn same_options(padding: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)
 }
 
+/// A gradient computed with public tensor ops, back to the backend primitive a backward
+/// registers.
+fn primitive<B: Backend, const D: usize>(tensor: Tensor<D>) -> FloatTensor<B>
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    tensor
+        .try_into_primitive::<B>()
+        .expect("the gradients stay on the backend of their inputs")
+}
+
+/// Sums of `t` (`[batch, C, H, W]`) over batch and pixels per channel, `[1, C, 1, 1]`, without
+/// a transposed copy (the last axes first).
+fn channel_sums(t: Tensor<4>) -> Tensor<4> {
+    t.sum_dim(3).sum_dim(2).sum_dim(0)
+}
+
 #[derive(Debug)]
 struct BatchNormBackward;
 
@@ -242,13 +256,8 @@ where
         let normalized = Tensor::<4>::from_primitive::<B>(normalized);
         let [batch, channels, height, width] = grad.dims();
         let count = (batch * height * width) as f64;
-        let per_channel = |t: Tensor<4>| -> Tensor<4> { t.sum_dim(3).sum_dim(2).sum_dim(0) };
-        let primitive = |t: Tensor<1>| {
-            t.try_into_primitive::<B>()
-                .expect("the gradients stay on the backend of their inputs")
-        };
-        let sum_grad = per_channel(grad.clone());
-        let sum_grad_normalized = per_channel(grad.clone() * normalized.clone());
+        let sum_grad = channel_sums(grad.clone());
+        let sum_grad_normalized = channel_sums(grad.clone() * normalized.clone());
         if let Some(node) = node_x {
             // ∂x = γ σ⁻¹ (g − mean(g) − x̂ mean(g x̂)), means over batch and pixels per channel.
             let scale = Tensor::<1>::from_primitive::<B>(gamma).reshape([1, channels, 1, 1])
@@ -257,13 +266,11 @@ where
                 - sum_grad.clone() / count
                 - normalized * (sum_grad_normalized.clone() / count))
                 * scale;
-            let grad_x = grad_x
-                .try_into_primitive::<B>()
-                .expect("the gradients stay on the backend of their inputs");
-            grads.register::<B>(node.id, grad_x);
+            grads.register::<B>(node.id, primitive(grad_x));
         }
         if let Some(node) = node_gamma {
-            grads.register::<B>(node.id, primitive(sum_grad_normalized.reshape([channels])));
+            let grad_gamma = sum_grad_normalized.reshape([channels]);
+            grads.register::<B>(node.id, primitive(grad_gamma));
         }
         if let Some(node) = node_beta {
             grads.register::<B>(node.id, primitive(sum_grad.reshape([channels])));
@@ -298,11 +305,6 @@ where
         let (x, weight, padding, routes) = ops.state;
         let options = same_options(padding);
         let tensor = |primitive: FloatTensor<B>| Tensor::<4>::from_primitive::<B>(primitive);
-        let primitive = |tensor: Tensor<4>| {
-            tensor
-                .try_into_primitive::<B>()
-                .expect("the gradients stay on the backend of their inputs")
-        };
         if let Some(node) = node_x {
             let grad_x = if routes.input_by_conv {
                 // The input gradient of a stride-1 "same" convolution is the convolution of the
@@ -427,11 +429,10 @@ pub fn batch_norm_train(
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     let [batch, channels, height, width] = x.dims();
     let count = (batch * height * width) as f64;
-    let per_channel = |t: Tensor<4>| -> Tensor<4> { t.sum_dim(3).sum_dim(2).sum_dim(0) };
     let plain = x.clone().without_autodiff();
-    let mean = per_channel(plain.clone()) / count;
+    let mean = channel_sums(plain.clone()) / count;
     let centered = plain - mean.clone();
-    let variance = per_channel(centered.clone().square()) / count;
+    let variance = channel_sums(centered.clone().square()) / count;
     let inv_std = (variance.clone() + epsilon).sqrt().recip();
     let normalized = centered * inv_std.clone();
     let (scale, shift) = (
