@@ -3,19 +3,15 @@
 //! `deq_core::batch_norm_train` (one node, fused backward), forward and backward times.
 //!
 //! `RAYON_NUM_THREADS=1 cargo run --release -p deq-train --example batch_norm_cost`
-//! Medians of 20 repetitions of all of them together; the two are measured three times,
-//! alternately.
+//! Medians (`deq_train::bench::Spread`) of 20 repetitions of all of them together; the two
+//! are measured three times, alternately.
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
+use deq_train::bench::Spread;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let device = deq_core::device::cpu().autodiff();
@@ -86,8 +82,8 @@ fn main() {
                 } else {
                     "Burn's batch_norm_train"
                 },
-                median(forward),
-                median(backward)
+                Spread::of(forward).median,
+                Spread::of(backward).median
             );
         }
     }

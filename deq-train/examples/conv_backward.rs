@@ -9,14 +9,10 @@ use std::time::Instant;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
+use deq_train::bench::Spread;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Milliseconds of `loss.backward()` through one convolution and the input gradient.
 fn input_gradient(x: &Tensor<4>, w: &Tensor<4>, dy: &Tensor<4>, ours: bool) -> (f64, Vec<f32>) {
@@ -72,9 +68,9 @@ fn main() {
         }
         println!(
             "{cin} -> {cout} channels, {hw}x{hw}: forward {:.2} ms; input gradient: Burn's conv2d {:.2} ms, conv2d_same {:.2} ms (largest difference {diff:e})",
-            median(forward),
-            median(burn),
-            median(ours)
+            Spread::of(forward).median,
+            Spread::of(burn).median,
+            Spread::of(ours).median
         );
     }
 }

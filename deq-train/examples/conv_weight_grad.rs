@@ -10,20 +10,16 @@
 //! 3. stride-2 convolutions (Burn's routes only): forward, kernel and input gradients.
 //!
 //! `RAYON_NUM_THREADS=1 cargo run --release -p deq-train --example conv_weight_grad`
-//! Medians of 10 runs.
+//! Medians (`deq_train::bench::Spread`) of 10 runs.
 use std::time::Instant;
 
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Distribution, Tensor};
+use deq_train::bench::Spread;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn normal(shape: [usize; 4]) -> Tensor<4> {
     Tensor::<4>::random(
@@ -124,9 +120,9 @@ fn main() {
         }
         println!(
             "  {k}x{k} {cin} -> {cout}, {hw}x{hw}: forward {:.2} ms; Burn {:.2} ms, conv2d_same {:.2} ms (largest relative difference {diff:.1e})",
-            median(f),
-            median(burn),
-            median(ours)
+            Spread::of(f).median,
+            Spread::of(burn).median,
+            Spread::of(ours).median
         );
     }
 
@@ -158,8 +154,8 @@ fn main() {
         }
         println!(
             "  {k}x{k} {cin} -> {cout}, {hw}x{hw}: transposed convolution {:.2} ms, forward convolution {:.2} ms",
-            median(transposed),
-            median(by_conv)
+            Spread::of(transposed).median,
+            Spread::of(by_conv).median
         );
     }
 
@@ -178,9 +174,9 @@ fn main() {
         }
         println!(
             "  3x3 {cin} -> {cout}, {hw}x{hw}: forward {:.2} ms, kernel gradient {:.2} ms, input gradient {:.2} ms",
-            median(f),
-            median(kernel),
-            median(input)
+            Spread::of(f).median,
+            Spread::of(kernel).median,
+            Spread::of(input).median
         );
     }
 }

@@ -3,19 +3,16 @@
 //! backward), forward and backward times.
 //!
 //! `RAYON_NUM_THREADS=1 cargo run --release -p deq-train --example group_norm_cost`
-//! Medians of 20 repetitions; the two are measured twice, alternately.
+//! Medians (`deq_train::bench::Spread`) of 20 repetitions; the two are measured twice,
+//! alternately.
 use std::time::Instant;
 
 use burn::nn::GroupNormConfig;
 use burn::tensor::{Distribution, Tensor};
+use deq_train::bench::Spread;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let device = deq_core::device::cpu();
@@ -70,8 +67,8 @@ fn main() {
             } else {
                 "burn::nn::GroupNorm "
             },
-            median(forward),
-            median(backward)
+            Spread::of(forward).median,
+            Spread::of(backward).median
         );
     }
 }
