@@ -67,10 +67,10 @@ impl BatchNorm2d {
             (Some(norm), _) | (None, Some(norm)) => norm,
             (None, None) => return x,
         };
-        if !(x.device().is_autodiff() && norm.training.is_enabled()) {
+        let device = x.device();
+        if !(device.is_autodiff() && norm.training.is_enabled()) {
             return norm.forward(x);
         }
-        let device = x.device();
         let (output, mean, variance) =
             deq_core::batch_norm_train(x, norm.gamma.val(), norm.beta.val(), norm.epsilon);
         let momentum = norm.momentum;
