@@ -165,6 +165,7 @@ fn memory(args: &BenchArgs) -> anyhow::Result<()> {
                 .args(["--batch", &args.batch.to_string()])
                 .args(["--peak-memory-probe", mode])
                 .args(["--forward-iters", &budget.to_string()])
+                .args(["--memory", &args.memory.to_string()])
                 .args(["--seed", &args.seed.to_string()])
                 .output()
                 .context("cannot run the memory probe")?;
