@@ -17,6 +17,7 @@ use deq_models::{MdeqConfig, MdeqMode};
 use serde::{Deserialize, Serialize};
 
 use crate::data::mix;
+use crate::resident::{PhaseMeter, resident_mib};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -460,21 +461,6 @@ fn overhead(
     })
 }
 
-/// Resident memory of this process, from `/proc/self/status` (Linux): `(VmRSS, VmHWM)` in
-/// MiB, the current and the peak resident set.
-pub fn resident_mib() -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Peak memory of training steps, measured in a process of its own (the peak is per process).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryProbe {
@@ -488,6 +474,34 @@ pub struct MemoryProbe {
     pub peak_mib: f64,
     /// `peak − before`: what the steps themselves added at their peak, MiB.
     pub step_mib: f64,
+    /// Where the peak was reached: the highest peak of each phase over the steps, MiB above
+    /// `before_mib` (absent where the kernel's peak counter cannot be reset).
+    pub phases: Option<PhasePeaks>,
+}
+
+/// Peak resident memory of each phase of a training step (the highest over the steps), MiB
+/// above the state before the steps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PhasePeaks {
+    /// The model's forward pass, forward solve included.
+    pub forward_mib: f64,
+    /// The loss and `backward()`.
+    pub backward_mib: f64,
+    /// The optimiser step.
+    pub optimizer_mib: f64,
+}
+
+impl PhasePeaks {
+    /// The phase whose peak is the highest: `forward`, `backward` or `optimizer`.
+    pub fn highest(&self) -> &'static str {
+        if self.forward_mib >= self.backward_mib.max(self.optimizer_mib) {
+            "forward"
+        } else if self.backward_mib >= self.optimizer_mib {
+            "backward"
+        } else {
+            "optimizer"
+        }
+    }
 }
 
 /// Runs `steps` training steps of `config.model` with `mode` and a forward solve of exactly
@@ -515,20 +529,59 @@ pub fn memory_probe(
     sync(&device)?;
     let unavailable =
         || BenchError::Setting("resident memory is read from /proc (Linux only)".into());
-    let (before, _) = resident_mib().ok_or_else(unavailable)?;
+    // Per phase where the kernel lets the peak be reset; the overall peak either way.
+    let mut meter = PhaseMeter::start();
+    let before = match &meter {
+        Some(m) => m.before_mib(),
+        None => resident_mib().ok_or_else(unavailable)?.0,
+    };
+    let mut phases: Option<PhasePeaks> = None;
+    // The highest phase peak so far (the resets lower the process's own peak counter).
+    let mut highest = 0.0f64;
     for _ in 0..steps.max(1) {
+        let mut end_phase = || {
+            let peak = meter.as_mut().and_then(PhaseMeter::end_phase);
+            if peak.is_none() {
+                meter = None;
+            }
+            highest = highest.max(peak.unwrap_or(0.0));
+            peak
+        };
         let output = model.forward(images.clone(), MdeqMode::Equilibrium(&layer))?;
+        sync(&device)?;
+        let forward = end_phase();
         let loss = loss_fn.forward(output.logits, labels.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let gradients = loss.backward();
+        sync(&device)?;
+        let backward = end_phase();
+        let grads = GradientsParams::from_grads(gradients, &model);
         model = optim.step(1e-3, model, grads);
         sync(&device)?;
+        let optimizer = end_phase();
+        phases = match (forward, backward, optimizer) {
+            (Some(forward_mib), Some(backward_mib), Some(optimizer_mib)) => {
+                let step = PhasePeaks {
+                    forward_mib,
+                    backward_mib,
+                    optimizer_mib,
+                };
+                Some(phases.map_or(step, |p| PhasePeaks {
+                    forward_mib: p.forward_mib.max(step.forward_mib),
+                    backward_mib: p.backward_mib.max(step.backward_mib),
+                    optimizer_mib: p.optimizer_mib.max(step.optimizer_mib),
+                }))
+            }
+            _ => None,
+        };
     }
-    let (_, peak) = resident_mib().ok_or_else(unavailable)?;
+    let (_, counter) = resident_mib().ok_or_else(unavailable)?;
+    let peak = counter.max(before + highest);
     Ok(MemoryProbe {
         mode: mode.to_string(),
         forward_iters: config.forward_iters,
         before_mib: before,
         peak_mib: peak,
         step_mib: peak - before,
+        phases,
     })
 }

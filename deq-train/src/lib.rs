@@ -9,5 +9,6 @@ pub mod crosscheck;
 pub mod data;
 pub mod fsio;
 pub mod quality;
+pub mod resident;
 pub mod stats;
 pub mod train;

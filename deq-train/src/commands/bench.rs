@@ -45,7 +45,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_overhead: bool,
     /// Measure peak resident memory of training steps instead of times: implicit, SHINE and
-    /// unrolled at forward budgets 8 and 32 (each in a process of its own).
+    /// unrolled (or the `--mode`s given) at forward budgets 8 and 32 with `--memory`, each in a
+    /// process of its own, and the phase of the step (forward, backward, optimiser) where each
+    /// peak is reached.
     #[arg(long)]
     pub peak_memory: bool,
     /// (internal) One memory measurement of this mode in this process, printed as JSON.
@@ -176,16 +178,19 @@ fn memory(args: &BenchArgs) -> anyhow::Result<()> {
             );
             let probe: bench::MemoryProbe =
                 serde_json::from_slice(&output.stdout).context("unreadable memory probe output")?;
+            let phase = probe
+                .phases
+                .map_or(String::new(), |p| format!(", in the {}", p.highest()));
             eprintln!(
-                "{mode:<12} budget {budget:>2}: peak {:.0} MiB, {:.1} MiB above the state before the steps",
+                "{mode:<12} budget {budget:>2}: peak {:.0} MiB, {:.1} MiB above the state before the steps{phase}",
                 probe.peak_mib, probe.step_mib
             );
             probes.push(probe);
         }
     }
     println!(
-        "MDEQ {}, batch {}, 2 training steps per process; peak resident memory above the model and batch (MiB):",
-        args.model, args.batch
+        "MDEQ {}, batch {}, Broyden memory {}, 2 training steps per process; peak resident memory above the model and batch (MiB):",
+        args.model, args.batch, args.memory
     );
     println!(
         "{:<12} {:>10} {:>10} {:>12}",
@@ -199,6 +204,24 @@ fn memory(args: &BenchArgs) -> anyhow::Result<()> {
             pair[1].step_mib,
             pair[1].step_mib / pair[0].step_mib
         );
+    }
+    if probes.iter().all(|p| p.phases.is_some()) {
+        println!(
+            "peak per phase of the step, MiB above the same state (forward / backward / optimiser):"
+        );
+        for probe in &probes {
+            if let Some(p) = probe.phases {
+                println!(
+                    "{:<12} budget {:>2}: {:>8.1} {:>8.1} {:>8.1}  (highest: {})",
+                    probe.mode,
+                    probe.forward_iters,
+                    p.forward_mib,
+                    p.backward_mib,
+                    p.optimizer_mib,
+                    p.highest()
+                );
+            }
+        }
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&serde_json::json!({
