@@ -1,7 +1,11 @@
 //! The two low-rank products of a Broyden iteration (`B x` and `Bᵀ y`) against the memory
 //! they must read.
 //!
-//! `cargo run --release -p deq-core --example low_rank_pair -- [batch] [dim] [pairs] [cold]`
+//! `MIMALLOC_PURGE_DELAY=-1 cargo run --release -p deq-train --example low_rank_pair -- [batch] [dim] [pairs] [cold]`
+//!
+//! The allocator is the CLI's (mimalloc, with purging off as `deq-train` sets it): with the
+//! system allocator every large output is a fresh mapping whose page faults the matrix
+//! products would pay and the plain loop, which reuses its outputs, would not.
 //!
 //! Times, per call (median of 30, three rounds), with `pairs` pairs stored per sample, the
 //! factors in the cache from the call before, or with `cold` = 1 after 64 MiB of other
@@ -15,6 +19,9 @@
 //! All three give the same values (checked first). If the plain loop is no faster than the
 //! matrix products, the products run at the speed of the memory, not of the arithmetic.
 use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use burn::tensor::{Distribution, Tensor};
 use deq_core::LowRankInverse;
