@@ -492,7 +492,8 @@ pub struct PhasePeaks {
 }
 
 impl PhasePeaks {
-    /// The phase whose peak is the highest: `forward`, `backward` or `optimizer`.
+    /// The phase whose peak is the highest: `forward`, `backward` or `optimizer` (the earlier
+    /// one on a tie: with an allocator that keeps freed memory, later phases repeat the peak).
     pub fn highest(&self) -> &'static str {
         if self.forward_mib >= self.backward_mib.max(self.optimizer_mib) {
             "forward"
