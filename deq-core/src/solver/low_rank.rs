@@ -62,6 +62,20 @@ impl Evicted {
         }
     }
 
+    /// Keeps only the rows still needed once they are half of those stored or fewer (a copy
+    /// of those rows; amortised, every row is copied at most as often as the count halves).
+    fn compact(&mut self) {
+        let needed: Vec<usize> = (0..self.saved.len())
+            .filter(|&k| self.rows[self.saved[k]])
+            .collect();
+        if 2 * needed.len() > self.saved.len() {
+            return;
+        }
+        self.u = take_rows(self.u.clone(), &needed);
+        self.v = take_rows(self.v.clone(), &needed);
+        self.saved = needed.iter().map(|&k| self.saved[k]).collect();
+    }
+
     /// The saved rows spread back to `[batch, dim]` (rows of unsaved samples hold another
     /// sample's values; only the rows in `self.rows` are meant to be read).
     fn spread(&self, saved: &Tensor<2>, batch: usize) -> Tensor<2> {
@@ -365,7 +379,15 @@ impl LowRankInverse {
 
     /// Marks, for the samples where `samples` is true, the current matrix as the best one:
     /// [`LowRankInverse::into_best`] will return it for them.
+    ///
+    /// Saved pairs that no best matrix needs any more are dropped: a saved column goes when
+    /// none of its rows is needed, and it is copied down to the rows still needed once they
+    /// are half of it or fewer (so that a long solve with a short memory does not keep rows
+    /// that were saved for matrices since replaced).
     pub fn mark_best(&mut self, samples: &[bool]) {
+        if !samples.iter().any(|&m| m) {
+            return;
+        }
         for (b, &mark) in samples.iter().enumerate() {
             if mark {
                 self.best[b] = self.pushes[b];
@@ -375,6 +397,9 @@ impl LowRankInverse {
             }
         }
         self.evicted.retain(|e| e.rows.iter().any(|&r| r));
+        for e in &mut self.evicted {
+            e.compact();
+        }
     }
 
     /// Per sample, the matrix as it was when last marked best: the pairs pushed since are
@@ -796,6 +821,58 @@ mod tests {
         let best = b.into_best();
         assert!(close(&best.dense(0), &dense_of(&pairs[3..5], n)));
         assert!(close(&best.dense(1), &dense_of(&pairs[..2], n)));
+    }
+
+    /// Four samples whose best matrices all lose their first pair to the ring: the saved column
+    /// holds four rows. When three samples mark a newer best, only the fourth's row is still
+    /// needed; the column is copied down to that row, and `into_best` still gives every sample
+    /// its own best matrix.
+    #[test]
+    fn saved_rows_no_best_needs_are_dropped() {
+        let n = 3;
+        let z = t(vec![0.0; 4 * n], [4, n]);
+        let mut b = LowRankInverse::identity(&z, 2);
+        let own = |k: usize, s: usize| pair(k + 10 * s, n);
+        let rows = |k: usize, half: usize| {
+            let row: Vec<f64> = (0..4)
+                .flat_map(|s| {
+                    let (u, v) = own(k, s);
+                    if half == 0 { u } else { v }
+                })
+                .collect();
+            t(row, [4, n])
+        };
+        b.push(rows(0, 0), rows(0, 1), &[true; 4]);
+        b.mark_best(&[true; 4]);
+        for k in 1..3 {
+            b.push(rows(k, 0), rows(k, 1), &[true; 4]);
+        }
+        assert_eq!(b.evicted.len(), 1, "the first pair's slot, saved once");
+        assert_eq!(b.evicted[0].saved, vec![0, 1, 2, 3]);
+        b.mark_best(&[true, false, false, false]);
+        assert_eq!(
+            b.evicted[0].saved.len(),
+            4,
+            "3 of 4 rows still needed: kept as is"
+        );
+        b.mark_best(&[false, true, true, false]);
+        assert_eq!(b.evicted[0].saved, vec![3], "only sample 3's row is left");
+        assert_eq!(b.evicted[0].u.dims(), [1, n]);
+        assert_eq!(b.evicted[0].v.dims(), [1, n]);
+        let best = b.into_best();
+        let expected = |s: usize, ks: std::ops::Range<usize>| {
+            dense_of(&ks.map(|k| own(k, s)).collect::<Vec<_>>(), n)
+        };
+        for s in 0..3 {
+            assert!(
+                close(&best.dense(s), &expected(s, 1..3)),
+                "sample {s}: its newest two"
+            );
+        }
+        assert!(
+            close(&best.dense(3), &expected(3, 0..1)),
+            "sample 3: its first pair, restored from the compacted column"
+        );
     }
 
     /// Three samples with pairs of their own; only sample 1's best loses pairs to the ring, so
