@@ -468,6 +468,8 @@ pub struct MemoryProbe {
     pub mode: String,
     /// Forward iteration budget (every iteration is run: tolerance 0 cannot be met).
     pub forward_iters: usize,
+    /// Broyden memory of the forward solve.
+    pub memory: usize,
     /// Resident memory before the first step (model, optimiser and batch in place), MiB.
     pub before_mib: f64,
     /// Peak resident memory after the steps, MiB.
@@ -580,6 +582,7 @@ pub fn memory_probe(
     Ok(MemoryProbe {
         mode: mode.to_string(),
         forward_iters: config.forward_iters,
+        memory: config.memory,
         before_mib: before,
         peak_mib: peak,
         step_mib: peak - before,

@@ -113,6 +113,45 @@ fn demo_trains_and_draws_on_the_cpu() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `bench --peak-memory`: one probe per budget, run with the memory asked for (the probes once
+/// ignored `--memory`), each peak attributed to a phase of the step.
+#[test]
+fn peak_memory_probes_use_the_settings_and_name_the_phase() {
+    let json = std::env::temp_dir().join(format!("deq-train-memory-{}.json", std::process::id()));
+    let output = Command::new(BIN)
+        .args(["bench", "--model", "small", "--batch", "2", "--peak-memory"])
+        .args(["--mode", "shine", "--memory", "3", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let probes: Vec<bench::MemoryProbe> = serde_json::from_value(report["memory"].clone()).unwrap();
+    let budgets: Vec<usize> = probes.iter().map(|p| p.forward_iters).collect();
+    assert_eq!(budgets, [8, 32]);
+    for probe in &probes {
+        assert_eq!((probe.mode.as_str(), probe.memory), ("shine", 3));
+        assert!(probe.step_mib > 0.0 && probe.peak_mib > probe.before_mib);
+        if cfg!(target_os = "linux") {
+            let p = probe.phases.expect("Linux lets the probe reset its peak");
+            let highest = p.forward_mib.max(p.backward_mib).max(p.optimizer_mib);
+            assert!(
+                (highest - probe.step_mib).abs() < 1e-9,
+                "the overall peak is the highest phase's: {p:?} against {}",
+                probe.step_mib
+            );
+        }
+    }
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("Broyden memory 3"), "{table}");
+    assert!(table.contains("(highest: "), "{table}");
+}
+
 #[test]
 fn backends_not_compiled_in_or_unknown_say_what_to_do() {
     let err = backend::device("vulkan").unwrap_err();
