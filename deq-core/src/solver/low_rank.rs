@@ -667,6 +667,22 @@ mod tests {
         )
     }
 
+    /// Sample `s`'s own `k`-th pair (each sample gets pairs of its own).
+    fn own(k: usize, s: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+        pair(k + 10 * s, n)
+    }
+
+    /// The `k`-th pushes `(u, v)` of `samples` samples, each row its sample's own pair.
+    fn own_rows(k: usize, samples: usize, n: usize) -> (Tensor<2>, Tensor<2>) {
+        let (u, v): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (0..samples).map(|s| own(k, s, n)).unzip();
+        (t(u.concat(), [samples, n]), t(v.concat(), [samples, n]))
+    }
+
+    /// Dense matrix of sample `s`'s own pairs `ks`.
+    fn own_dense(s: usize, ks: std::ops::Range<usize>, n: usize) -> Vec<f64> {
+        dense_of(&ks.map(|k| own(k, s, n)).collect::<Vec<_>>(), n)
+    }
+
     #[test]
     fn ring_buffer_keeps_the_newest_pairs_per_sample() {
         let n = 3;
@@ -832,20 +848,12 @@ mod tests {
         let n = 3;
         let z = t(vec![0.0; 4 * n], [4, n]);
         let mut b = LowRankInverse::identity(&z, 2);
-        let own = |k: usize, s: usize| pair(k + 10 * s, n);
-        let rows = |k: usize, half: usize| {
-            let row: Vec<f64> = (0..4)
-                .flat_map(|s| {
-                    let (u, v) = own(k, s);
-                    if half == 0 { u } else { v }
-                })
-                .collect();
-            t(row, [4, n])
-        };
-        b.push(rows(0, 0), rows(0, 1), &[true; 4]);
+        let (u, v) = own_rows(0, 4, n);
+        b.push(u, v, &[true; 4]);
         b.mark_best(&[true; 4]);
         for k in 1..3 {
-            b.push(rows(k, 0), rows(k, 1), &[true; 4]);
+            let (u, v) = own_rows(k, 4, n);
+            b.push(u, v, &[true; 4]);
         }
         assert_eq!(b.evicted.len(), 1, "the first pair's slot, saved once");
         assert_eq!(b.evicted[0].saved, vec![0, 1, 2, 3]);
@@ -860,17 +868,14 @@ mod tests {
         assert_eq!(b.evicted[0].u.dims(), [1, n]);
         assert_eq!(b.evicted[0].v.dims(), [1, n]);
         let best = b.into_best();
-        let expected = |s: usize, ks: std::ops::Range<usize>| {
-            dense_of(&ks.map(|k| own(k, s)).collect::<Vec<_>>(), n)
-        };
         for s in 0..3 {
             assert!(
-                close(&best.dense(s), &expected(s, 1..3)),
+                close(&best.dense(s), &own_dense(s, 1..3, n)),
                 "sample {s}: its newest two"
             );
         }
         assert!(
-            close(&best.dense(3), &expected(3, 0..1)),
+            close(&best.dense(3), &own_dense(3, 0..1, n)),
             "sample 3: its first pair, restored from the compacted column"
         );
     }
@@ -882,35 +887,23 @@ mod tests {
         let n = 3;
         let z = t(vec![0.0; 3 * n], [3, n]);
         let mut b = LowRankInverse::identity(&z, 2);
-        let own = |k: usize, s: usize| pair(k + 10 * s, n);
-        let rows = |k: usize, half: usize| {
-            let row: Vec<f64> = (0..3)
-                .flat_map(|s| {
-                    let (u, v) = own(k, s);
-                    if half == 0 { u } else { v }
-                })
-                .collect();
-            t(row, [3, n])
-        };
         for k in 0..4 {
-            b.push(rows(k, 0), rows(k, 1), &[true, true, true]);
+            let (u, v) = own_rows(k, 3, n);
+            b.push(u, v, &[true, true, true]);
             // Sample 1 is best after its 1st pair; samples 0 and 2 after each pair.
             b.mark_best(&[true, k == 0, true]);
         }
         let best = b.into_best();
-        let expected = |s: usize, ks: std::ops::Range<usize>| {
-            dense_of(&ks.map(|k| own(k, s)).collect::<Vec<_>>(), n)
-        };
         assert!(
-            close(&best.dense(0), &expected(0, 2..4)),
+            close(&best.dense(0), &own_dense(0, 2..4, n)),
             "sample 0: its newest two"
         );
         assert!(
-            close(&best.dense(1), &expected(1, 0..1)),
+            close(&best.dense(1), &own_dense(1, 0..1, n)),
             "sample 1: its first pair, restored"
         );
         assert!(
-            close(&best.dense(2), &expected(2, 2..4)),
+            close(&best.dense(2), &own_dense(2, 2..4, n)),
             "sample 2: its newest two"
         );
         assert_eq!((best.rank(0), best.rank(1), best.rank(2)), (2, 1, 2));
