@@ -20,8 +20,12 @@ pub struct QualityConfig {
     pub batches: usize,
     /// Images per batch.
     pub batch_size: usize,
-    /// Forward Broyden budget (and memory) for every mode.
+    /// Forward Broyden budget for every mode.
     pub forward_iters: usize,
+    /// Forward Broyden memory (pairs kept) for every mode; `None`: the budget, so that no
+    /// pair is ever dropped. The matrix SHINE reuses holds at most this many pairs.
+    #[serde(default)]
+    pub memory: Option<usize>,
     /// Forward relative-residual tolerance.
     pub tol: f64,
     /// The reference backward mode (an implicit mode with a long adjoint solve).
@@ -38,6 +42,7 @@ impl Default for QualityConfig {
             batches: 20,
             batch_size: 32,
             forward_iters: 40,
+            memory: None,
             tol: 1e-5,
             reference: "implicit:max_iter=100,tol=1e-8".into(),
             modes: [
@@ -129,7 +134,9 @@ pub fn gradient_quality(
         .collect::<Result<Vec<_>, _>>()?;
     let layer = |mode: BackwardMode| {
         DeqConfig::new(
-            SolverConfig::new(SolverKind::broyden(config.forward_iters))
+            SolverConfig::new(SolverKind::broyden(
+                config.memory.unwrap_or(config.forward_iters),
+            ))
                 .with_max_iter(config.forward_iters)
                 .with_tol(config.tol),
         )

@@ -194,6 +194,7 @@ fn gradient_quality_compares_modes_on_the_same_batches() {
         batches: 2,
         batch_size: 8,
         forward_iters: 12,
+        memory: None,
         tol: 1e-4,
         reference: "implicit:max_iter=40,tol=1e-8".into(),
         modes: vec![
@@ -226,4 +227,28 @@ fn gradient_quality_compares_modes_on_the_same_batches() {
         report.modes[1].cosine_median < 1.0 - 1e-6,
         "SHINE is not the exact gradient"
     );
+
+    // A shorter Broyden memory changes the matrix SHINE reuses (not the implicit gradient).
+    let short = QualityConfig {
+        memory: Some(2),
+        ..settings.clone()
+    };
+    let limited = gradient_quality(&model, &data.test, &batcher, &device, &short, &mut |_| {})
+        .unwrap();
+    assert_eq!(limited.config.memory, Some(2));
+    for (full, limited) in report.batches.iter().zip(&limited.batches) {
+        assert!((limited.cosine[0] - 1.0).abs() < 1e-9, "{limited:?}");
+        assert!(
+            (limited.cosine[1] - full.cosine[1]).abs() > 1e-9,
+            "memory 2 gave SHINE the same gradient as memory 12: {limited:?} / {full:?}"
+        );
+    }
+    let zero = QualityConfig {
+        memory: Some(0),
+        ..settings
+    };
+    let error = gradient_quality(&model, &data.test, &batcher, &device, &zero, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("memory") && error.contains('0'), "{error}");
 }

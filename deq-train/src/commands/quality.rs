@@ -19,9 +19,13 @@ pub struct QualityArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Forward Broyden budget (and memory) of every mode.
+    /// Forward Broyden budget of every mode.
     #[arg(long, default_value_t = 40)]
     pub forward_iters: usize,
+    /// Forward Broyden memory of every mode (pairs kept; default: the budget, so that none is
+    /// dropped). SHINE reuses a matrix of at most this many pairs.
+    #[arg(long)]
+    pub memory: Option<usize>,
     /// Forward relative-residual tolerance.
     #[arg(long, default_value_t = 1e-5)]
     pub tol: f64,
@@ -57,6 +61,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<()> {
         batches: args.batches,
         batch_size: args.batch_size,
         forward_iters: args.forward_iters,
+        memory: args.memory,
         tol: args.tol,
         reference: args.reference.clone(),
         modes: if args.modes.is_empty() {
@@ -70,6 +75,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<()> {
         settings.batches > 0 && settings.batch_size > 0 && settings.forward_iters > 0,
         "--batches, --batch-size and --forward-iters must be at least 1"
     );
+
     let data = load_run_data(&config)?;
     let device = deq_train::backend::device(&config.backend)
         .map_err(anyhow::Error::msg)?
@@ -77,12 +83,13 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<()> {
     let model = load_model(&dir, config.model_config()?.init(&device)?)?;
     let batcher = ImageBatcher::new(data.test.shape(), &state.mean, &state.std, Augment::NONE);
     println!(
-        "{} (step {}): {} test batches of {}, forward Broyden {} iterations (tol {:.0e}); reference {}",
+        "{} (step {}): {} test batches of {}, forward Broyden {} iterations, memory {} (tol {:.0e}); reference {}",
         dir.display(),
         state.step,
         settings.batches,
         settings.batch_size,
         settings.forward_iters,
+        settings.memory.unwrap_or(settings.forward_iters),
         settings.tol,
         settings.reference
     );
