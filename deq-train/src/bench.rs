@@ -168,6 +168,9 @@ pub struct BenchReport {
     pub parameters: usize,
     /// Forward iteration budget.
     pub forward_iters: usize,
+    /// Forward Broyden memory.
+    #[serde(default)]
+    pub memory: usize,
     /// Forward tolerance.
     pub tol: f64,
     /// Measured batches per mode.
@@ -375,6 +378,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchReport, BenchErr
         input_shape: shape,
         parameters,
         forward_iters: config.forward_iters,
+        memory: config.memory,
         tol: config.tol,
         reps: config.reps,
         threads: std::env::var("RAYON_NUM_THREADS")

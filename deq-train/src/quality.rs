@@ -137,8 +137,8 @@ pub fn gradient_quality(
             SolverConfig::new(SolverKind::broyden(
                 config.memory.unwrap_or(config.forward_iters),
             ))
-                .with_max_iter(config.forward_iters)
-                .with_tol(config.tol),
+            .with_max_iter(config.forward_iters)
+            .with_tol(config.tol),
         )
         .with_backward(mode)
         .init()

@@ -26,6 +26,7 @@ fn bench_times_every_mode_and_the_solver_overhead() {
     let report = bench::run(&config, backend::cpu()).unwrap();
     assert_eq!(report.input_shape, [1, 28, 28]);
     assert_eq!(report.parameters, 41_242);
+    assert_eq!((report.forward_iters, report.memory), (6, 10));
     assert_eq!(report.modes.len(), 3);
     for t in &report.modes {
         assert_eq!(t.backward_ms.samples.len(), 2, "{}", t.mode);
@@ -233,8 +234,8 @@ fn gradient_quality_compares_modes_on_the_same_batches() {
         memory: Some(2),
         ..settings.clone()
     };
-    let limited = gradient_quality(&model, &data.test, &batcher, &device, &short, &mut |_| {})
-        .unwrap();
+    let limited =
+        gradient_quality(&model, &data.test, &batcher, &device, &short, &mut |_| {}).unwrap();
     assert_eq!(limited.config.memory, Some(2));
     for (full, limited) in report.batches.iter().zip(&limited.batches) {
         assert!((limited.cosine[0] - 1.0).abs() < 1e-9, "{limited:?}");
