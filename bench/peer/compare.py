@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=positive_int, default=32)
     p.add_argument("--forward-iters", type=positive_int, default=18)
     p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--memory", type=positive_int, default=12,
+                   help="forward Broyden memory of both (`deq-train`'s default)")
     p.add_argument("--reps", type=positive_int, default=20, help="measured steps per invocation")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured steps per invocation")
     p.add_argument("--seed", type=int, default=0)
@@ -146,7 +148,8 @@ def ours_command(args, binary: Path, model: str, json_path: str) -> list[str]:
     return [
         str(binary), "bench", "--model", model, "--batch", str(args.batch),
         "--forward-iters", str(args.forward_iters), "--tol", repr(args.tol),
-        "--mode", "implicit", "--reps", str(args.reps), "--warmup", str(args.warmup),
+        "--memory", str(args.memory), "--mode", "implicit", "--reps", str(args.reps),
+        "--warmup", str(args.warmup),
         "--backend", args.backend, "--seed", str(args.seed), "--json", json_path,
     ] + args.ours_extra_list
 
@@ -155,7 +158,7 @@ def peer_command(args, model: str, threads: int | None, json_path: str) -> list[
     return [
         args.python, args.peer, "--model", model, "--batch", str(args.batch),
         "--forward-iters", str(args.forward_iters), "--tol", repr(args.tol),
-        "--reps", str(args.reps), "--warmup", str(args.warmup),
+        "--memory", str(args.memory), "--reps", str(args.reps), "--warmup", str(args.warmup),
         "--threads", str(threads if threads is not None else 0), "--device", args.device,
         "--seed", str(args.seed), "--json", json_path,
     ] + args.peer_extra_list
@@ -319,7 +322,8 @@ def markdown(args, invocations, summary) -> str:
                   else f"parameters: ours {params_o}, PyTorch {params_p}")
         out.append(
             f"### MDEQ `{model}`: batch {args.batch}, input {'×'.join(map(str, shape))}, "
-            f"{params}; forward Broyden ≤ {args.forward_iters} iterations to {args.tol:g}; "
+            f"{params}; forward Broyden ≤ {args.forward_iters} iterations (memory "
+            f"{args.memory}) to {args.tol:g}; "
             f"implicit backward; {args.reps} measured steps (+ {args.warmup} warm-up) per "
             f"invocation, median over {args.rounds} round(s)"
         )
@@ -354,7 +358,8 @@ def markdown(args, invocations, summary) -> str:
 def consistency_warnings(invocations) -> list[str]:
     """Settings that should agree between the two tools but do not."""
     warnings = []
-    keys = ("model", "batch", "input_shape", "parameters", "forward_iters", "tol", "reps")
+    keys = ("model", "batch", "input_shape", "parameters", "forward_iters", "memory", "tol",
+            "reps")
     seen = set()
     for i in invocations:
         if i["tool"] != "ours":

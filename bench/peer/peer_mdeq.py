@@ -718,7 +718,7 @@ class Mdeq(nn.Module):
         shapes = self.state_shapes(x.shape[2], x.shape[3])
         return self.core.prepare(shapes, x.shape[0], training, dropout), injection
 
-    def forward(self, x, forward_iters=18, tol=1e-3, memory=30, adjoint=None, dropout=None,
+    def forward(self, x, forward_iters=18, tol=1e-3, memory=12, adjoint=None, dropout=None,
                 solve_tol=None):
         """Logits, forward solve statistics and the adjoint plan (its statistics appear after
         `loss.backward()`). Training mode follows `self.training`."""
@@ -881,6 +881,7 @@ def run_bench(args) -> dict:
         "input_shape": list(cfg.image),
         "parameters": params,
         "forward_iters": args.forward_iters,
+        "memory": args.memory,
         "tol": args.tol,
         "reps": args.reps,
         "threads": torch.get_num_threads() if device.type == "cpu" else args.threads,
@@ -1067,7 +1068,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--forward-iters", type=int, default=18)
     p.add_argument("--tol", type=float, default=1e-3, help="forward relative-residual tolerance")
-    p.add_argument("--memory", type=int, default=30, help="forward Broyden memory")
+    p.add_argument("--memory", type=int, default=12,
+                   help="forward Broyden memory (as `deq-train`'s default)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1,

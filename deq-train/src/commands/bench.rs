@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use deq_train::bench::{self, BenchConfig, BenchReport};
 use deq_train::fsio::write_atomic;
+use deq_train::train::DEFAULT_SOLVER_MEMORY;
 
 /// Options of `bench`.
 #[derive(Args, Debug)]
@@ -22,8 +23,8 @@ pub struct BenchArgs {
     /// Forward relative-residual tolerance.
     #[arg(long, default_value_t = 1e-3)]
     pub tol: f64,
-    /// Forward Broyden memory.
-    #[arg(long, default_value_t = 30)]
+    /// Forward Broyden memory (the training default).
+    #[arg(long, default_value_t = DEFAULT_SOLVER_MEMORY)]
     pub memory: usize,
     /// A backward mode to time (repeat the option; default: implicit, implicit:max_iter=k,
     /// shine, shine:refine=k, jfb, jfb:refine=k for k = 1, 2, 5).

@@ -12,7 +12,7 @@ pub use checkpoint::{
     checkpoint_parameters, config_differences, list_checkpoints, load_model, load_optimizer,
     parameter_values, read_state, resolve_checkpoint, save_checkpoint,
 };
-pub use config::TrainConfig;
+pub use config::{DEFAULT_SOLVER_MEMORY, TrainConfig};
 pub use error::TrainError;
 pub use evaluate::{EvalResult, evaluate};
 pub use fault::{FaultConfig, FaultKind, Faulty};
