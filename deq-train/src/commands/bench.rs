@@ -103,12 +103,13 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 
 fn print_table(report: &BenchReport) {
     println!(
-        "MDEQ {} ({} parameters), batch {}, input {:?}, forward Broyden ≤ {} iterations to {:e}; {} batches per mode; {}",
+        "MDEQ {} ({} parameters), batch {}, input {:?}, forward Broyden ≤ {} iterations (memory {}) to {:e}; {} batches per mode; {}",
         report.model,
         report.parameters,
         report.batch,
         report.input_shape,
         report.forward_iters,
+        report.memory,
         report.tol,
         report.reps,
         report.device
