@@ -75,7 +75,6 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<()> {
         settings.batches > 0 && settings.batch_size > 0 && settings.forward_iters > 0,
         "--batches, --batch-size and --forward-iters must be at least 1"
     );
-
     let data = load_run_data(&config)?;
     let device = deq_train::backend::device(&config.backend)
         .map_err(anyhow::Error::msg)?
