@@ -6,7 +6,7 @@ use crate::backward::op::adjoint_identity;
 use crate::backward::{AdjointPlan, BackwardMode, BackwardReport, adjoint_map};
 use crate::error::DeqError;
 use crate::function::{DeqFunction, Injection};
-use crate::solver::{SolveStatus, SolverConfig, SolverKind, SolverStats, where_rows};
+use crate::solver::{BatchMap, SolveStatus, SolverConfig, SolverKind, SolverStats, where_rows};
 
 /// Configuration of a [`Deq`] layer: the forward solver and the backward mode.
 #[derive(Config, Debug, PartialEq)]
@@ -94,7 +94,10 @@ impl Deq {
         let x_plain = x.without_autodiff();
         let z0 = z0.detach().without_autodiff();
         let result = {
-            let mut map = |z: Tensor<2>| f_plain.forward(z, &x_plain);
+            let mut map = RowsOf {
+                f: &f_plain,
+                x: &x_plain,
+            };
             solver.solve(&mut map, z0, max_iter)?
         };
         if !training {
@@ -148,5 +151,21 @@ impl Deq {
             stats: result.stats,
             backward: report,
         })
+    }
+}
+
+/// `f(·, x)` as the solver's map, with [`DeqFunction::forward_rows`] for parts of the batch.
+struct RowsOf<'a, F: DeqFunction> {
+    f: &'a F,
+    x: &'a F::Input,
+}
+
+impl<F: DeqFunction> BatchMap for RowsOf<'_, F> {
+    fn eval(&mut self, z: Tensor<2>) -> Tensor<2> {
+        self.f.forward(z, self.x)
+    }
+
+    fn eval_rows(&mut self, z: Tensor<2>, rows: &[usize]) -> Option<Tensor<2>> {
+        self.f.forward_rows(z, self.x, rows)
     }
 }

@@ -83,6 +83,19 @@ pub trait DeqFunction: Send + 'static {
     /// `f(z, x)`; `z`: `[batch, dim]`, returns `[batch, dim]`.
     fn forward(&self, z: Tensor<2>, x: &Self::Input) -> Tensor<2>;
 
+    /// `f` on some samples of the batch only: `rows` are ascending indices into the batch
+    /// of `x`, `z`: `[rows.len(), dim]` their states; returns `[rows.len(), dim]`, the rows
+    /// `rows` of `f(z_full, x)` for any `z_full` with those rows.
+    ///
+    /// `None` (the default): the solvers always evaluate the whole batch. Implement it when
+    /// each sample's output depends on that sample alone (no batch statistics), so that the
+    /// forward solve stops paying for samples that have converged. Called on the copy from
+    /// [`DeqFunction::without_autodiff`].
+    fn forward_rows(&self, z: Tensor<2>, x: &Self::Input, rows: &[usize]) -> Option<Tensor<2>> {
+        let _ = (z, x, rows);
+        None
+    }
+
     /// A copy whose tensors carry no autodiff. Training-mode behaviour must be kept: the copy
     /// must compute exactly the same function (same dropout masks, same normalised weights).
     fn without_autodiff(&self) -> Self

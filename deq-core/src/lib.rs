@@ -64,6 +64,7 @@ pub use function::{
 };
 pub use linearization::Linearization;
 pub use solver::{
-    LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats, StopMode,
+    BatchMap, LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats,
+    StopMode,
 };
 pub use state::StateShape;

@@ -4,10 +4,11 @@ mod common;
 
 use std::cell::RefCell;
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::*;
 use deq_core::{
-    BackwardMode, DeqConfig, DeqError, SolveStatus, SolverConfig, SolverKind, StopMode, deq_fn,
+    BackwardMode, BatchMap, DeqConfig, DeqError, SolveStatus, SolverConfig, SolverKind, StopMode,
+    deq_fn,
 };
 use proptest::prelude::*;
 
@@ -605,4 +606,92 @@ fn evaluation_budget_is_separate() {
         .unwrap();
     assert_eq!(train.stats.max_iterations(), 3);
     assert_eq!(train.stats.samples[0].trace.len(), 4);
+}
+
+/// `z ↦ tanh(ρₛ z W + bₛ)` per sample `s` (so samples converge at different speeds), evaluated
+/// on part of the batch when a solver asks. Records how many samples each evaluation covered.
+struct PerSample {
+    w: Tensor<2>,
+    b: Tensor<2>,
+    rho: Tensor<2>,
+    rows_per_call: Vec<usize>,
+}
+
+impl PerSample {
+    fn f(&self, z: Tensor<2>, b: Tensor<2>, rho: Tensor<2>) -> Tensor<2> {
+        ((z * rho).matmul(self.w.clone()) + b).tanh()
+    }
+}
+
+impl BatchMap for PerSample {
+    fn eval(&mut self, z: Tensor<2>) -> Tensor<2> {
+        self.rows_per_call.push(z.dims()[0]);
+        self.f(z, self.b.clone(), self.rho.clone())
+    }
+
+    fn eval_rows(&mut self, z: Tensor<2>, rows: &[usize]) -> Option<Tensor<2>> {
+        self.rows_per_call.push(rows.len());
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+            &device(),
+        );
+        let (b, rho) = (
+            self.b.clone().select(0, index.clone()),
+            self.rho.clone().select(0, index),
+        );
+        Some(self.f(z, b, rho))
+    }
+}
+
+/// Once some samples have converged, every solver evaluates only the others (when the map
+/// allows it), and the result is the one of evaluating the whole batch each time.
+#[test]
+fn solvers_evaluate_only_the_samples_still_iterating() {
+    let (batch, dim) = (5, 8);
+    let (w, b) = contractive(11, batch, dim, 0.9);
+    let rho = tensor2(vec![0.05, 0.9, 0.3, 0.95, 0.6], [batch, 1]);
+    for kind in [
+        SolverKind::broyden(6),
+        SolverKind::anderson(4),
+        SolverKind::FixedPoint { damping: 1.0 },
+    ] {
+        let config = SolverConfig::new(kind.clone()).with_tol(1e-10);
+        let mut rows = PerSample {
+            w: w.clone(),
+            b: b.clone(),
+            rho: rho.clone(),
+            rows_per_call: Vec::new(),
+        };
+        let with_rows = config.solve(&mut rows, zeros(batch, dim), 200).unwrap();
+        let whole = PerSample {
+            rows_per_call: Vec::new(),
+            ..rows
+        };
+        let mut plain = |z: Tensor<2>| whole.f(z, whole.b.clone(), whole.rho.clone());
+        let all = config.solve(&mut plain, zeros(batch, dim), 200).unwrap();
+
+        let calls = &rows.rows_per_call;
+        assert_eq!(
+            calls[0], batch,
+            "{kind:?}: the first evaluation is the whole batch"
+        );
+        assert!(
+            calls.iter().any(|&n| n < batch) && calls.iter().all(|&n| n >= 1),
+            "{kind:?}: {calls:?}"
+        );
+        assert!(
+            calls.windows(2).all(|w| w[1] <= w[0]),
+            "{kind:?}: {calls:?}"
+        );
+        for (a, b) in with_rows.stats.samples.iter().zip(&all.stats.samples) {
+            assert_eq!(a.status, SolveStatus::Converged, "{kind:?}");
+            assert_eq!(
+                (a.status, a.iterations),
+                (b.status, b.iterations),
+                "{kind:?}"
+            );
+            assert_eq!(a.trace, b.trace, "{kind:?}");
+        }
+        assert_eq!(host(&with_rows.z), host(&all.z), "{kind:?}");
+    }
 }

@@ -2,7 +2,7 @@
 //! optimiser step with every backward mode (f32, default CPU device).
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use deq_core::{BackwardMode, DeqConfig, DeqFunction, SolverConfig, SolverKind};
 use deq_models::{MdeqConfig, MdeqMode, ModelError, trainable_params};
 
@@ -111,6 +111,40 @@ fn dropout_and_weight_norm_are_frozen_per_pass() {
         .logits
         .into_data();
     y1.assert_eq(&y2, true);
+}
+
+/// f on some samples of the batch (what the forward solve evaluates once others have
+/// converged) is those samples' rows of f on the whole batch, dropout masks included.
+#[test]
+fn f_on_some_samples_is_their_rows_of_f() {
+    let device = deq_core::device::cpu().autodiff();
+    let config = MdeqConfig::tiny();
+    let model = config.init(&device).unwrap();
+    let batch = 5;
+    let x = input(&config, batch, 32, &device);
+    let (core, injection) = model.prepare(x).unwrap();
+    let (core, injection) = (
+        core.without_autodiff(),
+        injection.detach().without_autodiff(),
+    );
+    assert!(core.blocks()[0].mask().is_some(), "training draws masks");
+    let dim = core.state_shape().dim();
+    let plain = device.clone().inner();
+    let z = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &plain);
+    let whole = core.forward(z.clone(), &injection);
+    for rows in [vec![0, 2, 3], vec![4], vec![1, 2, 3, 4]] {
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+            &plain,
+        );
+        let part = core
+            .forward_rows(z.clone().select(0, index.clone()), &injection, &rows)
+            .expect("the MDEQ's f works per sample");
+        part.into_data().assert_approx_eq::<f32>(
+            &whole.clone().select(0, index).into_data(),
+            burn::tensor::Tolerance::absolute(1e-5),
+        );
+    }
 }
 
 /// Bad input and inconsistent configs give errors naming the problem.

@@ -5,7 +5,9 @@ use super::op::AdjointMap;
 use super::{BackwardMode, BackwardReport, BackwardStats};
 use crate::function::DeqFunction;
 use crate::linearization::Linearization;
-use crate::solver::{LowRankInverse, SolveStatus, SolverConfig, StopMode, StopRule, broyden_from};
+use crate::solver::{
+    BatchMap, LowRankInverse, SolveStatus, SolverConfig, StopMode, StopRule, broyden_from,
+};
 
 /// Refinement stops early only at this relative adjoint residual.
 const REFINE_TOL: f64 = 1e-10;
@@ -128,7 +130,7 @@ fn compute_adjoint<F: DeqFunction>(
 }
 
 fn refine_from(
-    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    map: &mut dyn BatchMap,
     w0: Tensor<2>,
     rule: StopRule,
     iterations: usize,

@@ -2,6 +2,7 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::StopRule;
+use super::map::BatchMap;
 use super::tracker::Tracker;
 
 /// Anderson acceleration with memory `memory`, ridge `ridge` and mixing `mixing` (β).
@@ -11,7 +12,7 @@ use super::tracker::Tracker;
 /// `β Σ αᵢ F(xᵢ) + (1 − β) Σ αᵢ xᵢ`. The small `(n+1)×(n+1)` systems are solved on the host in
 /// f64; a singular or non-finite system falls back to a plain fixed-point step for that sample.
 pub(crate) fn anderson(
-    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    map: &mut dyn BatchMap,
     z0: Tensor<2>,
     fz0: Tensor<2>,
     rule: StopRule,

@@ -3,6 +3,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::StopRule;
 use super::low_rank::LowRankInverse;
+use super::map::BatchMap;
 use super::tracker::{Tracker, row_dot, where_rows};
 
 /// A denominator `vᵀΔg` smaller than this (relative to `‖Δz‖²`, its value for `B = J_g⁻¹`)
@@ -36,7 +37,7 @@ const RESTART_GROWTH: f64 = 1e2;
 /// Returns the tracker and, per sample, the inverse that was current at the sample's
 /// lowest-residual iterate (the one SHINE must use; see [`LowRankInverse::into_best`]).
 pub(crate) fn broyden(
-    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    map: &mut dyn BatchMap,
     z0: Tensor<2>,
     fz0: Tensor<2>,
     rule: StopRule,

@@ -2,11 +2,12 @@
 use burn::tensor::Tensor;
 
 use super::StopRule;
+use super::map::BatchMap;
 use super::tracker::Tracker;
 
 /// Runs at most `max_iter` damped fixed-point steps from `z0` (`[batch, dim]`).
 pub(crate) fn fixed_point(
-    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    map: &mut dyn BatchMap,
     z0: Tensor<2>,
     fz0: Tensor<2>,
     rule: StopRule,

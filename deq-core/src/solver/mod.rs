@@ -9,6 +9,7 @@ mod anderson;
 mod broyden;
 mod fixed_point;
 mod low_rank;
+mod map;
 mod stats;
 mod tracker;
 pub(crate) use tracker::{row_norms, where_rows};
@@ -18,6 +19,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use low_rank::LowRankInverse;
+pub use map::BatchMap;
 pub use stats::{SampleStats, SolveStatus, SolverStats};
 
 use crate::error::{DeqError, check_nonzero, check_positive, check_unit_interval};
@@ -229,7 +231,7 @@ impl SolverConfig {
     /// reported per sample in the statistics.
     pub fn solve(
         &self,
-        map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+        map: &mut dyn BatchMap,
         z0: Tensor<2>,
         max_iter: usize,
     ) -> Result<SolveResult, DeqError> {
@@ -279,7 +281,7 @@ impl SolverConfig {
 /// the adjoint solve from the forward matrices, transposed). `map`'s first evaluation is checked
 /// like in [`SolverConfig::solve`].
 pub fn broyden_from(
-    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+    map: &mut dyn BatchMap,
     z0: Tensor<2>,
     rule: StopRule,
     max_iter: usize,
@@ -296,12 +298,9 @@ pub fn broyden_from(
 }
 
 /// Evaluates `map(z0)`, turning a shape mismatch or a panic inside `map` into an error.
-fn first_evaluation(
-    map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
-    z0: &Tensor<2>,
-) -> Result<Tensor<2>, DeqError> {
+fn first_evaluation(map: &mut dyn BatchMap, z0: &Tensor<2>) -> Result<Tensor<2>, DeqError> {
     let shape = z0.dims().to_vec();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map(z0.clone())));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map.eval(z0.clone())));
     match result {
         Ok(fz0) if fz0.dims().to_vec() == shape => Ok(fz0),
         Ok(fz0) => Err(DeqError::ShapeMismatch {

@@ -1,7 +1,8 @@
 //! Per-sample bookkeeping shared by every solver: residuals, stopping, lowest-residual iterate,
 //! status and trace.
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 
+use super::map::BatchMap;
 use super::stats::{SampleStats, SolveStatus, SolverStats};
 use super::{StopMode, StopRule};
 
@@ -79,7 +80,7 @@ impl Tracker {
     pub fn advance(
         &mut self,
         iter: usize,
-        map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+        map: &mut dyn BatchMap,
         step: Tensor<2>,
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
@@ -93,14 +94,37 @@ impl Tracker {
     /// is recorded until [`record`](Self::record).
     pub fn step(
         &mut self,
-        map: &mut dyn FnMut(Tensor<2>) -> Tensor<2>,
+        map: &mut dyn BatchMap,
         step: Tensor<2>,
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
     ) -> Tensor<2> {
         *z = where_rows(step, &self.frozen(), z.clone());
-        *fz = map(z.clone());
+        *fz = self.evaluate(map, z, fz);
         fz.clone() - z.clone()
+    }
+
+    /// `F(z)` after a step: on the active samples only when some have stopped, the tensors are
+    /// in host memory and `map` can be evaluated on part of the batch (a frozen sample keeps its
+    /// row of `fz`, the image of the same `z`); otherwise on the whole batch.
+    fn evaluate(&self, map: &mut dyn BatchMap, z: &Tensor<2>, fz: &Tensor<2>) -> Tensor<2> {
+        let rows: Vec<usize> = (0..self.active.len()).filter(|&b| self.active[b]).collect();
+        if rows.is_empty()
+            || rows.len() == self.active.len()
+            || !crate::device::is_host_memory(&z.device())
+        {
+            return map.eval(z.clone());
+        }
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&b| b as i64).collect(), [rows.len()]),
+            &z.device(),
+        );
+        match map.eval_rows(z.clone().select(0, index.clone()), &rows) {
+            Some(f_rows) => fz
+                .clone()
+                .select_assign(0, index, f_rows, IndexingUpdateOp::Assign),
+            None => map.eval(z.clone()),
+        }
     }
 
     /// Records the iterate `z` with image `fz` and residual `g = fz − z` (all `[batch, dim]`) as

@@ -2,7 +2,7 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use deq_core::{detach_module, module_is_autodiff};
 
 use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
@@ -146,6 +146,17 @@ impl PreparedBlock {
             norm2: detach_module(&self.norm2),
             norm3: detach_module(&self.norm3),
             mask: self.mask.clone(),
+        }
+    }
+
+    /// The same block for the samples `index` of the batch only (their dropout masks).
+    pub(crate) fn rows(&self, index: &Tensor<1, Int>) -> Self {
+        Self {
+            mask: self
+                .mask
+                .as_ref()
+                .map(|m| m.clone().select(0, index.clone())),
+            ..self.clone()
         }
     }
 

@@ -2,7 +2,7 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
 use deq_core::{DeqFunction, Linearization, StateShape, detach_module, module_is_autodiff};
 use rayon::prelude::*;
@@ -149,6 +149,23 @@ impl DeqFunction for PreparedCore {
         self.shape
             .flatten(out)
             .expect("f keeps every branch's shape")
+    }
+
+    /// f on some samples: the injection's and the dropout masks' rows `rows`. Every part of f
+    /// (convolutions, GroupNorm, ReLU, the fusion) works on each sample alone.
+    fn forward_rows(&self, z: Tensor<2>, x: &Tensor<4>, rows: &[usize]) -> Option<Tensor<2>> {
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&b| b as i64).collect(), [rows.len()]),
+            &x.device(),
+        );
+        let part = Self {
+            blocks: self.blocks.iter().map(|b| b.rows(&index)).collect(),
+            fusion: self.fusion.clone(),
+            post_weights: self.post_weights.clone(),
+            post_norms: self.post_norms.clone(),
+            shape: self.shape.clone(),
+        };
+        Some(part.forward(z, &x.clone().select(0, index)))
     }
 
     fn without_autodiff(&self) -> Self {

@@ -1,0 +1,29 @@
+//! What a solver iterates: a map on the whole batch that may also be evaluated on part of it.
+use burn::tensor::Tensor;
+
+/// The map `z ↦ F(z)` that a solver iterates, on batched states `z`: `[batch, dim]`.
+///
+/// Every closure `FnMut(Tensor<2>) -> Tensor<2>` is one, evaluated on the whole batch. A map
+/// whose value for each sample depends on that sample alone can also implement
+/// [`eval_rows`](BatchMap::eval_rows): once some samples have stopped, the solvers then
+/// evaluate only the samples still iterating (on a CPU backend, where the cost of `F` grows
+/// with the number of samples; a GPU runs the whole batch for about the same time).
+pub trait BatchMap {
+    /// `F(z)`; `z`: `[batch, dim]`.
+    fn eval(&mut self, z: Tensor<2>) -> Tensor<2>;
+
+    /// `F` on the samples `rows` of the batch only: `rows` are ascending indices into the
+    /// batch, `z`: `[rows.len(), dim]` their states in that order; returns
+    /// `[rows.len(), dim]`. `None` (the default): `F` cannot be evaluated on part of the
+    /// batch, and the solver evaluates all of it.
+    fn eval_rows(&mut self, z: Tensor<2>, rows: &[usize]) -> Option<Tensor<2>> {
+        let _ = (z, rows);
+        None
+    }
+}
+
+impl<F: FnMut(Tensor<2>) -> Tensor<2>> BatchMap for F {
+    fn eval(&mut self, z: Tensor<2>) -> Tensor<2> {
+        self(z)
+    }
+}
