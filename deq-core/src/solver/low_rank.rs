@@ -226,9 +226,7 @@ impl LowRankInverse {
         if extra == 0 {
             return self;
         }
-        let [batch, capacity, dim] = self.u.dims();
-        let options = (&self.u.device(), self.u.dtype());
-        let pad = || Tensor::<3>::zeros([batch, extra, dim], options);
+        let [batch, capacity, _] = self.u.dims();
         // Per sample, live pairs oldest first, then the empty slots: after this reordering the
         // free slots follow the newest pair and writing continues in order.
         let order: Vec<usize> = (0..batch)
@@ -248,21 +246,11 @@ impl LowRankInverse {
         }
         // Live pairs now come first: the slots after the largest count are empty everywhere.
         let live = (0..batch).map(|b| self.rank(b)).max().unwrap_or(0);
-        let identity = order.iter().enumerate().all(|(k, &j)| k % capacity == j);
-        let (u, v) = if identity {
-            (self.u, self.v)
-        } else {
-            let order: Vec<i64> = order.iter().map(|&j| j as i64).collect();
-            let index = Tensor::<3, burn::tensor::Int>::from_data(
-                TensorData::new(order, [batch, capacity, 1]),
-                &self.u.device(),
-            )
-            .expand([batch, capacity, dim]);
-            (self.u.gather(1, index.clone()), self.v.gather(1, index))
-        };
+        let reorder = |buf: Tensor<3>| reordered_with_padding(buf, &order, capacity, extra);
+        let (u, v) = (reorder(self.u), reorder(self.v));
         Self {
-            u: Tensor::cat(vec![u, pad()], 1),
-            v: Tensor::cat(vec![v, pad()], 1),
+            u,
+            v,
             stamp,
             best: self.pushes.clone(),
             pushes: self.pushes,
@@ -552,6 +540,54 @@ fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -
     )
 }
 
+/// `buf` (`[batch, capacity, dim]`) with each sample's slots in the order `order` (`batch ×
+/// capacity` slot indices) and `extra` zero slots after them, in one copy: consecutive samples
+/// with the same order are copied together, and each order as its runs of consecutive slots
+/// (a ring that wrapped is two runs). A gather with an index as large as `buf` cost more
+/// than the copy on the CPU.
+fn reordered_with_padding(
+    buf: Tensor<3>,
+    order: &[usize],
+    capacity: usize,
+    extra: usize,
+) -> Tensor<3> {
+    let [batch, _, dim] = buf.dims();
+    let options = (&buf.device(), buf.dtype());
+    if batch == 0 {
+        return Tensor::zeros([0, capacity + extra, dim], options);
+    }
+    let row = |b: usize| &order[b * capacity..(b + 1) * capacity];
+    let mut groups = Vec::new();
+    let mut first = 0;
+    while first < batch {
+        let mut end = first + 1;
+        while end < batch && row(end) == row(first) {
+            end += 1;
+        }
+        let n = end - first;
+        let samples = buf.clone().narrow(0, first, n);
+        let slots = row(first);
+        let mut pieces = Vec::new();
+        let mut k = 0;
+        while k < capacity {
+            let mut len = 1;
+            while k + len < capacity && slots[k + len] == slots[k] + len {
+                len += 1;
+            }
+            pieces.push(samples.clone().narrow(1, slots[k], len));
+            k += len;
+        }
+        pieces.push(Tensor::<3>::zeros([n, extra, dim], options));
+        groups.push(Tensor::cat(pieces, 1));
+        first = end;
+    }
+    if groups.len() == 1 {
+        groups.pop().expect("one group")
+    } else {
+        Tensor::cat(groups, 0)
+    }
+}
+
 /// The runs of consecutive `true` entries of `rows`, as `start..end` index pairs.
 fn row_runs(rows: &[bool]) -> Vec<(usize, usize)> {
     let mut runs = Vec::new();
@@ -735,6 +771,39 @@ mod tests {
         assert!(close(&btx[..n], &dense_btx));
         let transposed = grown.clone().transposed().dense(0);
         assert!((0..n * n).all(|k| (transposed[k] - d[(k % n) * n + k / n]).abs() < 1e-5));
+    }
+
+    #[test]
+    fn growing_keeps_every_sample_s_matrix_and_its_oldest_first_order() {
+        let (samples, n) = (4, 3);
+        let z = t(vec![0.0; samples * n], [samples, n]);
+        let mut b = LowRankInverse::identity(&z, 3);
+        // Samples 0, 1 and 3 take pushes 0..5 (their rings wrap the same way); sample 2 takes
+        // 0..4 (another order). So the slots are reordered in three groups of samples.
+        for k in 0..5 {
+            let (u, v) = own_rows(k, samples, n);
+            let write: Vec<bool> = (0..samples).map(|s| s != 2 || k < 4).collect();
+            b.push(u, v, &write);
+        }
+        let mut grown = b.clone().with_extra_capacity(2);
+        assert_eq!(grown.capacity(), 5);
+        for s in 0..samples {
+            assert!(close(&grown.dense(s), &b.dense(s)), "sample {s}");
+        }
+        // Two pushes fill the new slots; the third evicts each sample's oldest pair.
+        for k in 5..8 {
+            let (u, v) = own_rows(k, samples, n);
+            grown.push(u, v, &vec![true; samples]);
+        }
+        for s in 0..samples {
+            let kept: &[usize] = if s == 2 {
+                &[2, 3, 5, 6, 7]
+            } else {
+                &[3, 4, 5, 6, 7]
+            };
+            let expected = dense_of(&kept.iter().map(|&k| own(k, s, n)).collect::<Vec<_>>(), n);
+            assert!(close(&grown.dense(s), &expected), "sample {s}");
+        }
     }
 
     #[test]
