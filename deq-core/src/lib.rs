@@ -65,6 +65,6 @@ pub use function::{
 pub use linearization::Linearization;
 pub use solver::{
     BatchMap, LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats,
-    StopMode,
+    StopMode, row_index,
 };
 pub use state::StateShape;

@@ -4,11 +4,11 @@ mod common;
 
 use std::cell::RefCell;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use common::*;
 use deq_core::{
     BackwardMode, BatchMap, DeqConfig, DeqError, SolveStatus, SolverConfig, SolverKind, StopMode,
-    deq_fn,
+    deq_fn, row_index,
 };
 use proptest::prelude::*;
 
@@ -631,10 +631,7 @@ impl BatchMap for PerSample {
 
     fn eval_rows(&mut self, z: Tensor<2>, rows: &[usize]) -> Option<Tensor<2>> {
         self.rows_per_call.push(rows.len());
-        let index = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
-            &device(),
-        );
+        let index = row_index(rows, &device());
         let (b, rho) = (
             self.b.clone().select(0, index.clone()),
             self.rho.clone().select(0, index),

@@ -2,8 +2,8 @@
 //! optimiser step with every backward mode (f32, default CPU device).
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use deq_core::{BackwardMode, DeqConfig, DeqFunction, SolverConfig, SolverKind};
+use burn::tensor::{Device, Distribution, Tensor};
+use deq_core::{BackwardMode, DeqConfig, DeqFunction, SolverConfig, SolverKind, row_index};
 use deq_models::{MdeqConfig, MdeqMode, ModelError, trainable_params};
 
 fn input(config: &MdeqConfig, batch: usize, size: usize, device: &Device) -> Tensor<4> {
@@ -133,10 +133,7 @@ fn f_on_some_samples_is_their_rows_of_f() {
     let z = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &plain);
     let whole = core.forward(z.clone(), &injection);
     for rows in [vec![0, 2, 3], vec![4], vec![1, 2, 3, 4]] {
-        let index = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
-            &plain,
-        );
+        let index = row_index(&rows, &plain);
         let part = core
             .forward_rows(z.clone().select(0, index.clone()), &injection, &rows)
             .expect("the MDEQ's f works per sample");

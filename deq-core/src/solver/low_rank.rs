@@ -1,6 +1,7 @@
 //! The per-sample limited-memory Broyden inverse `B = −I + Σⱼ uⱼ vⱼᵀ`.
 use burn::tensor::{Bool, Tensor, TensorData};
 
+use super::map::row_index;
 use super::tracker::where_rows;
 
 /// Bytes of factors (the live slots of `U` and `V` together) per chunk of samples in
@@ -628,11 +629,7 @@ fn copy_rows(buf: &Tensor<3>, slot: usize, rows: &[bool]) -> Tensor<2> {
 /// `[batch, ...]` tensor or a strided view of one). Always allocates (never a view of
 /// `tensor`), so the source buffer stays uniquely owned.
 fn take_rows<const D: usize>(tensor: Tensor<D>, rows: &[usize]) -> Tensor<D> {
-    let index: Vec<i64> = rows.iter().map(|&b| b as i64).collect();
-    let index = Tensor::<1, burn::tensor::Int>::from_data(
-        TensorData::new(index, [rows.len()]),
-        &tensor.device(),
-    );
+    let index = row_index(rows, &tensor.device());
     tensor.select(0, index)
 }
 

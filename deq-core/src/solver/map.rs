@@ -1,5 +1,5 @@
 //! What a solver iterates: a map on the whole batch that may also be evaluated on part of it.
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// The map `z ↦ F(z)` that a solver iterates, on batched states `z`: `[batch, dim]`.
 ///
@@ -26,4 +26,14 @@ impl<F: FnMut(Tensor<2>) -> Tensor<2>> BatchMap for F {
     fn eval(&mut self, z: Tensor<2>) -> Tensor<2> {
         self(z)
     }
+}
+
+/// The samples `rows` (indices into the batch) as an index tensor on `device`, for `select`
+/// and `select_assign` along the batch axis (as in [`BatchMap::eval_rows`] and
+/// [`crate::DeqFunction::forward_rows`]).
+pub fn row_index(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(
+        TensorData::new(rows.iter().map(|&b| b as i64).collect(), [rows.len()]),
+        device,
+    )
 }

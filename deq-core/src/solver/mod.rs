@@ -19,7 +19,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use low_rank::LowRankInverse;
-pub use map::BatchMap;
+pub use map::{BatchMap, row_index};
 pub use stats::{SampleStats, SolveStatus, SolverStats};
 
 use crate::error::{DeqError, check_nonzero, check_positive, check_unit_interval};

@@ -1,8 +1,8 @@
 //! Per-sample bookkeeping shared by every solver: residuals, stopping, lowest-residual iterate,
 //! status and trace.
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Bool, IndexingUpdateOp, Tensor, TensorData};
 
-use super::map::BatchMap;
+use super::map::{BatchMap, row_index};
 use super::stats::{SampleStats, SolveStatus, SolverStats};
 use super::{StopMode, StopRule};
 
@@ -115,10 +115,7 @@ impl Tracker {
         {
             return map.eval(z.clone());
         }
-        let index = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&b| b as i64).collect(), [rows.len()]),
-            &z.device(),
-        );
+        let index = row_index(&rows, &z.device());
         match map.eval_rows(z.clone().select(0, index.clone()), &rows) {
             Some(f_rows) => fz
                 .clone()

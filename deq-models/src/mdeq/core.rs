@@ -2,9 +2,11 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
-use deq_core::{DeqFunction, Linearization, StateShape, detach_module, module_is_autodiff};
+use deq_core::{
+    DeqFunction, Linearization, StateShape, detach_module, module_is_autodiff, row_index,
+};
 use rayon::prelude::*;
 
 use super::block::{BlockVjp, PreparedBlock, ResidualBlock};
@@ -154,10 +156,7 @@ impl DeqFunction for PreparedCore {
     /// f on some samples: the injection's and the dropout masks' rows `rows`. Every part of f
     /// (convolutions, GroupNorm, ReLU, the fusion) works on each sample alone.
     fn forward_rows(&self, z: Tensor<2>, x: &Tensor<4>, rows: &[usize]) -> Option<Tensor<2>> {
-        let index = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&b| b as i64).collect(), [rows.len()]),
-            &x.device(),
-        );
+        let index = row_index(rows, &x.device());
         let part = Self {
             blocks: self.blocks.iter().map(|b| b.rows(&index)).collect(),
             fusion: self.fusion.clone(),
