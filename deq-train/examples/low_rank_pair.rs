@@ -10,14 +10,14 @@
 //! Times, per call (median of 30, three rounds), with `pairs` pairs stored per sample, the
 //! factors in the cache from the call before, or with `cold` = 1 after 64 MiB of other
 //! memory has been written (as in a solve, where f runs between two iterations):
-//! - `apply_pair`: what the solver runs (batched matrix products, in chunks of samples on
-//!   the CPU so that the second pass over each factor finds it in the cache);
-//! - `apply` then `apply_transposed`: the same products over the whole batch;
+//! - `apply_pair`: what the solver runs (on flex: the fused per-sample loop of
+//!   `deq_core::backward::op::low_rank_pair`, compiled for AVX-512 / AVX2 and run on Rayon's
+//!   pool);
+//! - `apply` then `apply_transposed`: the two products as batched matrix products;
 //! - a plain loop over host copies of the factors that reads each sample's pairs once for both
-//!   dot products and once for both sums: the fewest bytes these products can read.
+//!   dot products and once for both sums, compiled for the baseline x86-64 (no FMA, no AVX).
 //!
-//! All three give the same values (checked first). If the plain loop is no faster than the
-//! matrix products, the products run at the speed of the memory, not of the arithmetic.
+//! All three give the same values (checked first).
 use std::time::Instant;
 
 #[global_allocator]

@@ -1,7 +1,9 @@
-//! Custom autodiff ops: the ONE place in the project that touches Burn's backend internals
-//! (the autodiff graph and backend primitives). Three ops: the gradient-replacing identity that
+//! Custom backend ops: the ONE place in the project that touches Burn's backend internals
+//! (the autodiff graph and backend primitives). Four ops: the gradient-replacing identity that
 //! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
-//! [`conv2d_same`], a convolution with cheaper gradients, and the fused [`batch_norm_train`].
+//! [`conv2d_same`], a convolution with cheaper gradients, the fused [`batch_norm_train`], and
+//! [`low_rank_pair`], the Broyden solver's two products with its inverse estimate, fused on
+//! flex.
 //!
 //! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
@@ -22,7 +24,7 @@ use burn::backend::{
     Backend, Dispatch, DispatchKindConversion, backend_extension, tensor::FloatTensor,
 };
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DispatchTensor, Tensor};
+use burn::tensor::{DispatchTensor, Shape, Tensor};
 
 use super::kernel_gradient::{kernel_gradient, shifted_products_pay};
 use crate::linearization::{affine, normalize, normalized_backward};
@@ -62,8 +64,8 @@ impl std::fmt::Debug for AdjointMap {
     }
 }
 
-/// Backend extension carrying the project's custom autodiff ops: the gradient-replacing
-/// identity in its value-replacing form, and [`conv2d_same`].
+/// Backend extension carrying the project's custom ops: the gradient-replacing identity in its
+/// value-replacing form, the fused BatchNorm, [`conv2d_same`] and [`low_rank_pair`].
 #[backend_extension(
     Autodiff,
     Flex: cfg(feature = "flex"),
@@ -108,10 +110,116 @@ pub trait DeqOps: Backend {
     ) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, same_options(padding))
     }
+
+    /// `B x` and `Bᵀ y` stacked as `[2, batch, dim]`, for the per-sample low-rank inverse
+    /// `B = −I + U Vᵀ` (`u`, `v`: `[batch, live, dim]`; `x`, `y`: `[batch, dim]`); see
+    /// [`low_rank_pair`]. This body is the batched matrix products; flex overrides it with the
+    /// fused host loop.
+    fn low_rank_pair(
+        u: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        shape: LowRankShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        batched_low_rank_pair::<Self>(u, v, x, y, shape)
+    }
+}
+
+/// [`DeqOps::low_rank_pair`] as batched matrix products on any backend.
+fn batched_low_rank_pair<B: Backend>(
+    u: FloatTensor<B>,
+    v: FloatTensor<B>,
+    x: FloatTensor<B>,
+    y: FloatTensor<B>,
+    shape: LowRankShape,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let LowRankShape { batch, live, dim } = shape;
+    let product = |a: FloatTensor<B>, c: FloatTensor<B>, x: FloatTensor<B>| {
+        let column = B::float_reshape(x.clone(), Shape::new([batch, dim, 1]));
+        let coef = B::float_reshape(B::float_matmul(c, column), Shape::new([batch, 1, live]));
+        let sum = B::float_reshape(B::float_matmul(coef, a), Shape::new([batch, dim]));
+        B::float_sub(sum, x)
+    };
+    (product(u.clone(), v.clone(), x), product(v, u, y))
+}
+
+/// The sizes of a [`DeqOps::low_rank_pair`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowRankShape {
+    /// Samples.
+    pub batch: usize,
+    /// Pairs per sample (the live slots of the factors).
+    pub live: usize,
+    /// State size per sample.
+    pub dim: usize,
 }
 
 #[cfg(feature = "flex")]
-impl DeqOps for burn::backend::Flex {}
+use burn::backend::Flex;
+
+#[cfg(feature = "flex")]
+impl DeqOps for Flex {
+    /// The fused per-sample loop of `solver::pair_kernel` on the tensors' own memory, for `f32`
+    /// factors whose pairs are rows of one buffer (as `LowRankInverse` stores them); anything
+    /// else takes the batched matrix products.
+    fn low_rank_pair(
+        u: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        shape: LowRankShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        use crate::solver::pair_kernel::{Factor, low_rank_pair};
+        use burn::tensor::{DType, TensorData};
+        let LowRankShape { batch, live, dim } = shape;
+        let f32s = [&u, &v, &x, &y].iter().all(|t| t.dtype() == DType::F32);
+        // Per factor: (offset, sample stride), when each pair is a contiguous row `dim` apart.
+        let rows = |t: &FloatTensor<Self>| {
+            let layout = t.layout();
+            let strides = layout.strides();
+            (strides.len() == 3
+                && strides[2] == 1
+                && (live < 2 || strides[1] == dim as isize)
+                && strides[0] >= 0)
+                .then(|| (layout.start_offset(), strides[0] as usize))
+        };
+        let (Some(u_rows), Some(v_rows), true) = (rows(&u), rows(&v), f32s) else {
+            return batched_low_rank_pair::<Self>(u, v, x, y, shape);
+        };
+        let (x, y) = (x.to_contiguous(), y.to_contiguous());
+        fn factor(
+            t: &FloatTensor<Flex>,
+            (offset, stride): (usize, usize),
+            dim: usize,
+        ) -> Factor<'_> {
+            Factor {
+                data: &t.storage::<f32>()[offset..],
+                sample_stride: stride,
+                slot_stride: dim,
+            }
+        }
+        let (mut bx, mut by) = (vec![0f32; batch * dim], vec![0f32; batch * dim]);
+        let (xs, ys) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            y.as_slice::<f32>().expect("contiguous"),
+        );
+        low_rank_pair(
+            factor(&u, u_rows, dim),
+            factor(&v, v_rows, dim),
+            live,
+            xs,
+            ys,
+            dim,
+            (&mut bx, &mut by),
+        );
+        let tensor = |values: Vec<f32>| {
+            FloatTensor::<Self>::from_data(TensorData::new(values, [batch, dim]))
+        };
+        (tensor(bx), tensor(by))
+    }
+}
+
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)]
 impl DeqOps for burn::backend::NdArray {}
@@ -462,4 +570,33 @@ pub fn batch_norm_train(
         inv_std.autodiff().into_dispatch(),
     ));
     (value, statistics.0, statistics.1)
+}
+
+/// `(B x, Bᵀ y)` for the per-sample low-rank inverse `B = −I + U Vᵀ`, with `u`, `v`:
+/// `[batch, live, dim]` (the live pairs) and `x`, `y`: `[batch, dim]`.
+///
+/// On flex, with `f32` factors whose pairs are rows of one buffer, one fused loop per sample
+/// reads each factor once from memory (see `solver::pair_kernel`); elsewhere, and on autodiff
+/// tensors (which keep their graph), the batched matrix products.
+pub fn low_rank_pair(
+    u: Tensor<3>,
+    v: Tensor<3>,
+    x: Tensor<2>,
+    y: Tensor<2>,
+) -> (Tensor<2>, Tensor<2>) {
+    let [batch, live, dim] = u.dims();
+    let autodiff = u.is_autodiff() || v.is_autodiff() || x.is_autodiff() || y.is_autodiff();
+    let (u, v, x, y) = if autodiff {
+        (u.autodiff(), v.autodiff(), x.autodiff(), y.autodiff())
+    } else {
+        (u, v, x, y)
+    };
+    let (bx, by) = <Dispatch as DeqOps>::low_rank_pair(
+        u.into_dispatch(),
+        v.into_dispatch(),
+        x.into_dispatch(),
+        y.into_dispatch(),
+        LowRankShape { batch, live, dim },
+    );
+    (Tensor::from_dispatch(bx), Tensor::from_dispatch(by))
 }

@@ -4,10 +4,6 @@ use burn::tensor::{Bool, Tensor, TensorData};
 use super::map::row_index;
 use super::tracker::where_rows;
 
-/// Bytes of factors (the live slots of `U` and `V` together) per chunk of samples in
-/// [`LowRankInverse::apply_pair`]: well inside a last-level cache.
-const PAIR_CHUNK_BYTES: usize = 8 << 20;
-
 /// Per-sample low-rank inverse-Jacobian estimate `B = −I + U Vᵀ` (`B ≈ J_g⁻¹`, see
 /// `shine-math.md`), stored as ring buffers `U`, `V` of shape `[batch, capacity, dim]`.
 ///
@@ -153,54 +149,17 @@ impl LowRankInverse {
 
     /// `(B x, Bᵀ y)` per sample (`x`, `y`: `[batch, dim]`), the values of
     /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed). On a CPU
-    /// backend, when the factors are larger than 8 MiB (`PAIR_CHUNK_BYTES`), they are read a
-    /// chunk of samples at a time and both products are formed per chunk, so that the second
-    /// pass over each factor finds it in the cache: two passes over memory instead of four. On
-    /// a GPU the two products run over the whole batch (chunks would only add launches).
+    /// backend both come from one fused loop per sample that reads each factor once from
+    /// memory instead of four batched passes ([`crate::backward::op::low_rank_pair`]); on a
+    /// GPU they are the two batched products.
     pub fn apply_pair(&self, x: Tensor<2>, y: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        let chunk_bytes = if crate::device::is_host_memory(&self.u.device()) {
-            PAIR_CHUNK_BYTES
-        } else {
-            usize::MAX
-        };
-        self.apply_pair_in_chunks(x, y, chunk_bytes)
-    }
-
-    /// [`apply_pair`](Self::apply_pair) with chunks of at most `chunk_bytes` of factors (at
-    /// least one sample per chunk).
-    fn apply_pair_in_chunks(
-        &self,
-        x: Tensor<2>,
-        y: Tensor<2>,
-        chunk_bytes: usize,
-    ) -> (Tensor<2>, Tensor<2>) {
-        let [batch, capacity, dim] = self.u.dims();
+        let capacity = self.u.dims()[1];
         let live = self.live.min(capacity);
-        let per_sample = 2 * live * dim * self.u.dtype().size();
-        let rows = (chunk_bytes / per_sample.max(1)).clamp(1, batch.max(1));
-        if live == 0 || rows >= batch {
+        if live == 0 || !crate::device::is_host_memory(&self.u.device()) {
             return (self.apply(x), self.apply_transposed(y));
         }
-        let (mut bx, mut by) = (Vec::new(), Vec::new());
-        for start in (0..batch).step_by(rows) {
-            let n = rows.min(batch - start);
-            let u = self.u.clone().narrow(0, start, n).narrow(1, 0, live);
-            let v = self.v.clone().narrow(0, start, n).narrow(1, 0, live);
-            // B x reads V, then U; Bᵀ y reads U, then V, while they are still cached.
-            bx.push(low_rank_product(
-                &u,
-                &v,
-                live,
-                x.clone().narrow(0, start, n),
-            ));
-            by.push(low_rank_product(
-                &v,
-                &u,
-                live,
-                y.clone().narrow(0, start, n),
-            ));
-        }
-        (Tensor::cat(bx, 0), Tensor::cat(by, 0))
+        let live_slots = |buf: &Tensor<3>| buf.clone().narrow(1, 0, live);
+        crate::backward::op::low_rank_pair(live_slots(&self.u), live_slots(&self.v), x, y)
     }
 
     /// The estimate of the transposed inverse, `Bᵀ = −I + V Uᵀ` (the roles of U and V swap).
@@ -803,32 +762,44 @@ mod tests {
         }
     }
 
+    /// On every float type and with or without autodiff (the fused CPU loop serves `f32`
+    /// without autodiff; the others take the batched products), with the live pairs a part of
+    /// the ring and `dim` not a multiple of the loop's lanes.
     #[test]
-    fn apply_pair_in_chunks_matches_the_two_products() {
-        let (batch, n) = (5, 4);
-        let z = t(vec![0.0; batch * n], [batch, n]);
-        let mut b = LowRankInverse::identity(&z, 4);
+    fn apply_pair_matches_the_two_products() {
+        let (batch, n, capacity) = (5, 70, 4);
+        let device = crate::device::cpu();
         let rows = |k: usize| -> Vec<f64> {
             (0..batch * n)
                 .map(|i| ((i * 7 + k * 3) % 11) as f64 / 5.0 - 1.0)
                 .collect()
         };
-        // Three pairs, the last for samples 0, 2 and 4 only: `live` = 3 slots.
-        for k in 0..3 {
-            let write: Vec<bool> = (0..batch).map(|s| k < 2 || s % 2 == 0).collect();
-            b.push(t(rows(k), [batch, n]), t(rows(k + 5), [batch, n]), &write);
-        }
-        let (x, y) = (t(rows(11), [batch, n]), t(rows(13), [batch, n]));
-        let values = |t: Tensor<2>| t.into_data().iter::<f64>().collect::<Vec<_>>();
-        let expected = (
-            values(b.apply(x.clone())),
-            values(b.apply_transposed(y.clone())),
-        );
-        // One sample per chunk, two, and all at once.
-        for chunk_bytes in [1, 2 * 3 * n * 4 * 2, usize::MAX] {
-            let (bx, by) = b.apply_pair_in_chunks(x.clone(), y.clone(), chunk_bytes);
-            assert!(close(&values(bx), &expected.0), "B x, chunk {chunk_bytes}");
-            assert!(close(&values(by), &expected.1), "Bᵀ y, chunk {chunk_bytes}");
+        for (dtype, autodiff) in [(DType::F32, false), (DType::F64, false), (DType::F32, true)] {
+            let t = |values: Vec<f64>| {
+                let t =
+                    Tensor::<2>::from_data(TensorData::new(values, [batch, n]), (&device, dtype));
+                if autodiff { t.autodiff() } else { t }
+            };
+            let mut b = LowRankInverse::identity(&t(vec![0.0; batch * n]), capacity);
+            // Three pairs, the last for samples 0, 2 and 4 only: `live` = 3 of 4 slots.
+            for k in 0..3 {
+                let write: Vec<bool> = (0..batch).map(|s| k < 2 || s % 2 == 0).collect();
+                b.push(t(rows(k)), t(rows(k + 5)), &write);
+            }
+            let (x, y) = (t(rows(11)), t(rows(13)));
+            let values = |t: Tensor<2>| t.into_data().iter::<f64>().collect::<Vec<_>>();
+            let expected = (
+                values(b.apply(x.clone())),
+                values(b.apply_transposed(y.clone())),
+            );
+            let (bx, by) = b.apply_pair(x, y);
+            let case = format!("{dtype:?}, autodiff {autodiff}");
+            assert_eq!(bx.is_autodiff(), autodiff, "{case}");
+            let near = |a: &[f64], b: &[f64]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4)
+            };
+            assert!(near(&values(bx), &expected.0), "B x, {case}");
+            assert!(near(&values(by), &expected.1), "Bᵀ y, {case}");
         }
     }
 

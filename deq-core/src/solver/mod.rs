@@ -10,6 +10,8 @@ mod broyden;
 mod fixed_point;
 mod low_rank;
 mod map;
+#[cfg(feature = "flex")]
+pub(crate) mod pair_kernel;
 mod stats;
 mod tracker;
 pub(crate) use tracker::{row_norms, where_rows};
