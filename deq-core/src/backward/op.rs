@@ -111,10 +111,9 @@ pub trait DeqOps: Backend {
         Self::conv2d(x, weight, None, same_options(padding))
     }
 
-    /// `B x` and `Bᵀ y` stacked as `[2, batch, dim]`, for the per-sample low-rank inverse
-    /// `B = −I + U Vᵀ` (`u`, `v`: `[batch, live, dim]`; `x`, `y`: `[batch, dim]`); see
-    /// [`low_rank_pair`]. This body is the batched matrix products; flex overrides it with the
-    /// fused host loop.
+    /// `(B x, Bᵀ y)`, each `[batch, dim]`, for the per-sample low-rank inverse `B = −I + U Vᵀ`
+    /// (`u`, `v`: `[batch, live, dim]`; `x`, `y`: `[batch, dim]`); see [`low_rank_pair`]. This
+    /// body is the batched matrix products; flex overrides it with the fused host loop.
     fn low_rank_pair(
         u: FloatTensor<Self>,
         v: FloatTensor<Self>,

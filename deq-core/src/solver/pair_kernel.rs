@@ -39,8 +39,9 @@ impl Factor<'_> {
     }
 }
 
-/// Writes `B x` to `out.0` and `Bᵀ y` to `out.1` (row-major `[batch, dim]`), with `B = −I + Σⱼ uⱼ vⱼᵀ` per sample over the first `live` pairs.
-/// `x`, `y`: row-major `[batch, dim]`.
+/// Writes `B x` to `bx` and `Bᵀ y` to `by` (row-major `[batch, dim]`), with
+/// `B = −I + Σⱼ uⱼ vⱼᵀ` per sample over the first `live` pairs. `x`, `y`: row-major
+/// `[batch, dim]`.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say.
