@@ -148,15 +148,15 @@ impl LowRankInverse {
     }
 
     /// `(B x, Bᵀ y)` per sample (`x`, `y`: `[batch, dim]`), the values of
-    /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed). On a CPU
-    /// backend both come from one fused loop per sample that reads each factor once from
-    /// memory instead of four batched passes ([`crate::backward::op::low_rank_pair`]); on a
-    /// GPU they are the two batched products.
+    /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed), from
+    /// [`crate::backward::op::low_rank_pair`]: on flex one fused loop per sample that reads
+    /// each factor once from memory instead of four batched passes; on the other backends the
+    /// two batched products.
     pub fn apply_pair(&self, x: Tensor<2>, y: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let capacity = self.u.dims()[1];
         let live = self.live.min(capacity);
-        if live == 0 || !crate::device::is_host_memory(&self.u.device()) {
-            return (self.apply(x), self.apply_transposed(y));
+        if live == 0 {
+            return (x.neg(), y.neg());
         }
         let live_slots = |buf: &Tensor<3>| buf.clone().narrow(1, 0, live);
         crate::backward::op::low_rank_pair(live_slots(&self.u), live_slots(&self.v), x, y)
