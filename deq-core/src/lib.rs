@@ -50,6 +50,8 @@ mod deq;
 pub mod device;
 mod error;
 mod function;
+#[cfg(feature = "flex")]
+mod isa;
 pub mod linearization;
 pub mod solver;
 mod state;

@@ -1,7 +1,7 @@
 //! Every backward mode against exact gradients on the documented toy layer, in f64.
 mod common;
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use common::*;
 use deq_core::{BackwardMode, DeqConfig, DeqFunction, SolverConfig, SolverKind, StopMode};
 
@@ -326,16 +326,23 @@ fn manual_gradients(toy: &Toy, config: &DeqConfig, k: usize, tau: f64) -> Vec<Ve
 
 /// `conv2d_same` has the value and the gradients of Burn's `conv2d` (both routes of its input
 /// gradient: more input than output channels, and fewer; both routes of its kernel gradient:
-/// narrow and wide images), with the input, the kernel or both tracked, in f64.
+/// narrow and wide images), with the input, the kernel or both tracked, in f64 and in f32 (on
+/// flex, f32 takes the direct loop of `direct_conv`, also untracked).
 #[test]
 fn conv2d_same_matches_burn_conv2d() {
+    for (dtype, tol_value, tol_grad) in [(DType::F64, 1e-13, 1e-12), (DType::F32, 1e-6, 1e-5)] {
+        conv2d_same_matches_burn_conv2d_in(dtype, tol_value, tol_grad);
+    }
+}
+
+fn conv2d_same_matches_burn_conv2d_in(dtype: DType, tol_value: f64, tol_grad: f64) {
+    use burn::tensor::TensorData;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-    use burn::tensor::{DType, TensorData};
     let device = device();
     let t4 = |shape: [usize; 4], seed: u64| {
         let values = Rng::new(seed).normals(shape.iter().product());
-        Tensor::<4>::from_data(TensorData::new(values, shape), (&device, DType::F64))
+        Tensor::<4>::from_data(TensorData::new(values, shape), (&device, DType::F64)).cast(dtype)
     };
     // 7×6 images take Burn's kernel gradient for k > 1, 5×33 ones the shifted products.
     let cases = [(6, 2, 3), (2, 6, 3), (5, 3, 1), (4, 4, 5)];
@@ -343,6 +350,14 @@ fn conv2d_same_matches_burn_conv2d() {
         let x = t4([3, cin, h, w_], 10 + cin as u64);
         let w = t4([cout, cin, k, k], 20 + cout as u64);
         let weight_out = t4([3, cout, h, w_], 30);
+        let p = k / 2;
+        let options = ConvOptions::new([1, 1], [p, p], [1, 1], 1);
+        let (plain, reference) = (
+            values(deq_core::conv2d_same(x.clone(), w.clone())),
+            values(conv2d(x.clone(), w.clone(), None, options.clone())),
+        );
+        let case = format!("{dtype:?} {cin}->{cout}, k {k}, {h}x{w_}, untracked");
+        assert!(rel_err(&plain, &reference) < tol_value, "{case}: value");
         for (track_x, track_w) in [(true, true), (true, false), (false, true)] {
             let grads_of = |ours: bool| {
                 let xa = if track_x {
@@ -358,13 +373,7 @@ fn conv2d_same_matches_burn_conv2d() {
                 let y = if ours {
                     deq_core::conv2d_same(xa.clone(), wa.clone())
                 } else {
-                    let p = k / 2;
-                    conv2d(
-                        xa.clone(),
-                        wa.clone(),
-                        None,
-                        ConvOptions::new([1, 1], [p, p], [1, 1], 1),
-                    )
+                    conv2d(xa.clone(), wa.clone(), None, options.clone())
                 };
                 let value = values(y.clone().without_autodiff());
                 let grads = (y * weight_out.clone().autodiff()).sum().backward();
@@ -374,21 +383,23 @@ fn conv2d_same_matches_burn_conv2d() {
             };
             let (v0, gx0, gw0) = grads_of(false);
             let (v1, gx1, gw1) = grads_of(true);
-            let case = format!("{cin}->{cout}, k {k}, {h}x{w_}, tracked x {track_x}, w {track_w}");
-            assert!(rel_err(&v1, &v0) < 1e-13, "{case}: value");
+            let case = format!(
+                "{dtype:?} {cin}->{cout}, k {k}, {h}x{w_}, tracked x {track_x}, w {track_w}"
+            );
+            assert!(rel_err(&v1, &v0) < tol_value, "{case}: value");
             assert_eq!(gx0.is_some(), track_x, "{case}");
             assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
             assert_eq!(gw1.is_some(), track_w, "{case}: kernel gradient present");
             if let (Some(a), Some(b)) = (gx1, gx0) {
                 assert!(
-                    rel_err(&a, &b) < 1e-12,
+                    rel_err(&a, &b) < tol_grad,
                     "{case}: input gradient {:e}",
                     rel_err(&a, &b)
                 );
             }
             if let (Some(a), Some(b)) = (gw1, gw0) {
                 assert!(
-                    rel_err(&a, &b) < 1e-12,
+                    rel_err(&a, &b) < tol_grad,
                     "{case}: kernel gradient {:e}",
                     rel_err(&a, &b)
                 );
@@ -403,7 +414,7 @@ fn conv2d_same_matches_burn_conv2d() {
 fn group_norm_matches_burn_group_norm() {
     use burn::module::Param;
     use burn::nn::GroupNormConfig;
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::TensorData;
     let device = device();
     let tensor = |shape: Vec<usize>, seed: u64| {
         let values = Rng::new(seed).normals(shape.iter().product());
@@ -499,7 +510,7 @@ fn group_norm_matches_burn_group_norm() {
 /// `burn::tensor::module::batch_norm_train` (input, scale and shift tracked or constant), in f64.
 #[test]
 fn batch_norm_train_matches_burn() {
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::TensorData;
     let device = device();
     let tensor = |len: usize, seed: u64| {
         let values = Rng::new(seed).normals(len);
@@ -663,9 +674,9 @@ fn linearize_replaces_the_tracked_products() {
 /// and ReLU.
 #[test]
 fn linearization_blocks_match_autodiff() {
+    use burn::tensor::TensorData;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-    use burn::tensor::{DType, TensorData};
     use deq_core::linearization::{Conv2dVjp, GroupNormVjp, relu_with_mask};
     let device = device();
     let tensor = |shape: [usize; 4], seed: u64| {

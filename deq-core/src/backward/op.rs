@@ -1,7 +1,8 @@
 //! Custom backend ops: the ONE place in the project that touches Burn's backend internals
 //! (the autodiff graph and backend primitives). Four ops: the gradient-replacing identity that
 //! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
-//! [`conv2d_same`], a convolution with cheaper gradients, the fused [`batch_norm_train`], and
+//! [`conv2d_same`], a convolution with cheaper gradients (computed on flex by the direct loop of
+//! `direct_conv`), the fused [`batch_norm_train`], and
 //! [`low_rank_pair`], the Broyden solver's two products with its inverse estimate, fused on
 //! flex.
 //!
@@ -159,6 +160,57 @@ use burn::backend::Flex;
 
 #[cfg(feature = "flex")]
 impl DeqOps for Flex {
+    /// The direct loop of `backward::direct_conv` for `f32` tensors; anything else takes
+    /// Burn's convolution.
+    fn conv2d_same(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: usize,
+        _routes: ConvRoutes,
+    ) -> FloatTensor<Self> {
+        use super::direct_conv::{ConvShape, conv2d_same};
+        use burn::tensor::{DType, TensorData};
+        let (dims, kernel_dims) = (
+            x.layout().shape().to_vec(),
+            weight.layout().shape().to_vec(),
+        );
+        let fits = x.dtype() == DType::F32
+            && weight.dtype() == DType::F32
+            && dims.len() == 4
+            && kernel_dims.len() == 4
+            && kernel_dims[1] == dims[1]
+            && kernel_dims[2] == 2 * padding + 1
+            && kernel_dims[3] == 2 * padding + 1;
+        if !fits {
+            return <Self as burn::backend::ops::ModuleOps<Self>>::conv2d(
+                x,
+                weight,
+                None,
+                same_options(padding),
+            );
+        }
+        let shape = ConvShape {
+            batch: dims[0],
+            channels_in: dims[1],
+            channels_out: kernel_dims[0],
+            height: dims[2],
+            width: dims[3],
+            kernel: kernel_dims[2],
+        };
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let mut out = vec![0f32; shape.batch * shape.channels_out * shape.height * shape.width];
+        conv2d_same(
+            x.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+            shape,
+            &mut out,
+        );
+        FloatTensor::<Self>::from_data(TensorData::new(
+            out,
+            [shape.batch, shape.channels_out, shape.height, shape.width],
+        ))
+    }
+
     /// The fused per-sample loop of `solver::pair_kernel` on the tensors' own memory, for `f32`
     /// factors whose pairs are rows of one buffer (as `LowRankInverse` stores them); anything
     /// else takes the batched matrix products.
@@ -298,7 +350,7 @@ where
     ) -> FloatTensor<Self> {
         let (x, x_guard) = x.into_parts();
         let (weight, weight_guard) = weight.into_parts();
-        let output = B::conv2d(x.clone(), weight.clone(), None, same_options(padding));
+        let output = B::conv2d_same(x.clone(), weight.clone(), padding, routes);
         match ConvSameBackward
             .prepare::<C>([x_guard, weight_guard])
             .compute_bound()
@@ -420,12 +472,7 @@ where
                 // than output channels the im2col convolution is about twice as fast
                 // (`docs/RESULTS.md`).
                 let flipped = tensor(weight.clone()).swap_dims(0, 1).flip([2, 3]);
-                primitive(burn::tensor::module::conv2d(
-                    tensor(grad.clone()),
-                    flipped,
-                    None,
-                    options.clone(),
-                ))
+                primitive(conv2d_same(tensor(grad.clone()), flipped))
             } else {
                 B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
             };
@@ -442,27 +489,60 @@ where
     }
 }
 
+/// Whether the input gradient of a stride-1 "same" convolution `[out, in, k, k]` on `device`
+/// is a forward convolution with the flipped, transposed kernel rather than Burn's transposed
+/// convolution: on flex, whose forward convolution is the direct loop of `direct_conv` (the
+/// implicit backward on MDEQ `small` took 15 % less time, `docs/RESULTS.md`), and elsewhere
+/// when the kernel has more input than output channels (Burn's CPU transposed convolution is a
+/// direct loop, about twice as slow as its forward convolution there).
+pub(crate) fn input_gradient_by_conv(
+    channels_in: usize,
+    channels_out: usize,
+    device: &burn::tensor::Device,
+) -> bool {
+    #[cfg(feature = "flex")]
+    if *device == burn::tensor::Device::flex() {
+        return true;
+    }
+    let _ = device;
+    channels_in > channels_out
+}
+
 /// Stride-1 convolution with "same" padding (`k / 2` for a `k × k` kernel) and no bias:
 /// `x` `[batch, in, H, W]`, `weight` `[out, in, k, k]` (odd `k`) → `[batch, out, H, W]`.
 ///
 /// The value and gradients are those of `burn::tensor::module::conv2d`, by cheaper routes:
-/// - when the kernel has more input than output channels, the input gradient is a forward
-///   convolution with the flipped, transposed kernel instead of Burn's transposed convolution;
+/// - on flex with `f32` tensors, the convolution is the direct loop of `direct_conv` (no im2col
+///   copy; about twice as fast on the MDEQ's convolutions);
+/// - on flex, and elsewhere when the kernel has more input than output channels, the input
+///   gradient is a forward convolution with the flipped, transposed kernel instead of Burn's
+///   transposed convolution (see `input_gradient_by_conv`);
 /// - on the CPU backends, when the images are wide enough, the kernel gradient is `k²` batched
 ///   matrix products of shifted views instead of Burn's convolution with the batch as
 ///   channels (see `kernel_gradient.rs`).
 pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
     let [channels_out, channels_in, kernel, _] = weight.dims();
     let padding = kernel / 2;
-    if !x.is_tracked() && !weight.is_tracked() {
-        return burn::tensor::module::conv2d(x, weight, None, same_options(padding));
-    }
     let width = x.dims()[3];
     let routes = ConvRoutes {
-        input_by_conv: channels_in > channels_out,
+        input_by_conv: input_gradient_by_conv(channels_in, channels_out, &x.device()),
         kernel_by_products: crate::device::is_host_memory(&x.device())
             && shifted_products_pay(width, kernel),
     };
+    if !x.is_tracked() && !weight.is_tracked() {
+        let autodiff = x.is_autodiff() || weight.is_autodiff();
+        let (x, weight) = if autodiff {
+            (x.autodiff(), weight.autodiff())
+        } else {
+            (x, weight)
+        };
+        return Tensor::from_dispatch(<Dispatch as DeqOps>::conv2d_same(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            padding,
+            routes,
+        ));
+    }
     // Both operands on the autodiff backend (one of them may be a constant).
     let (x, weight) = (x.autodiff(), weight.autodiff());
     Tensor::from_dispatch(<Dispatch as DeqOps>::conv2d_same(

@@ -1,14 +1,17 @@
 //! The input gradient of a 2-D convolution with a fixed kernel.
 use burn::tensor::Tensor;
-use burn::tensor::module::{conv_transpose2d, conv2d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+
+use crate::backward::op::input_gradient_by_conv;
+use burn::tensor::module::conv_transpose2d;
+use burn::tensor::ops::ConvTransposeOptions;
 
 /// The input gradient of an undilated, ungrouped `conv2d(x, weight, bias, options)` (any bias)
 /// with respect to `x`, for inputs of one spatial size and any number of output gradients.
 ///
 /// A stride-1, undilated, ungrouped convolution with "same" padding (`k / 2` for an odd `k × k`
-/// kernel) and more input than output channels takes the gradient as a forward convolution
-/// with the flipped, transposed kernel, prepared once (the rule of [`crate::conv2d_same`]);
+/// kernel) takes the gradient as a forward convolution with the flipped, transposed kernel,
+/// prepared once, where [`crate::conv2d_same`] does (more input than output channels, or any
+/// channels on flex);
 /// every other convolution takes Burn's transposed convolution, with the output padding that
 /// restores the input size.
 #[derive(Clone, Debug)]
@@ -19,8 +22,8 @@ pub struct Conv2dVjp {
 
 #[derive(Clone, Debug)]
 enum Route {
-    /// `conv2d(grad, kernel)` with the flipped, transposed kernel.
-    Forward(ConvOptions<2>),
+    /// [`crate::conv2d_same`]`(grad, kernel)` with the flipped, transposed kernel.
+    Forward,
     /// `conv_transpose2d(grad, weight)`.
     Transposed(ConvTransposeOptions<2>),
 }
@@ -41,10 +44,10 @@ impl Conv2dVjp {
             && kernel_h % 2 == 1
             && stride == [1, 1]
             && padding == [kernel_h / 2, kernel_w / 2];
-        if same && channels_in > channels_out {
+        if same && input_gradient_by_conv(channels_in, channels_out, &weight.device()) {
             return Self {
                 kernel: weight.swap_dims(0, 1).flip([2, 3]),
-                route: Route::Forward(ConvOptions::new(stride, padding, [1, 1], 1)),
+                route: Route::Forward,
             };
         }
         // The transposed convolution's output is `(H' − 1) s − 2p + k`; the rows the forward
@@ -67,7 +70,7 @@ impl Conv2dVjp {
     /// `∂L/∂x` (`[batch, in, H, W]`) from `grad = ∂L/∂y` (`[batch, out, H', W']`).
     pub fn backward(&self, grad: Tensor<4>) -> Tensor<4> {
         match &self.route {
-            Route::Forward(options) => conv2d(grad, self.kernel.clone(), None, options.clone()),
+            Route::Forward => crate::conv2d_same(grad, self.kernel.clone()),
             Route::Transposed(options) => {
                 conv_transpose2d(grad, self.kernel.clone(), None, options.clone())
             }

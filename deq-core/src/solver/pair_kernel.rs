@@ -15,6 +15,8 @@
 //! agree with Burn's to rounding, not bit for bit.
 use rayon::prelude::*;
 
+use crate::isa::{Isa as Kernel, madd};
+
 /// Partial sums per dot product: enough independent lanes for two 512-bit registers × 2.
 const LANES: usize = 32;
 /// Output elements per block of the second pass (a block of both outputs stays in L1).
@@ -105,32 +107,7 @@ struct Sample<'a> {
     y: &'a [f32],
 }
 
-/// The instruction set the loops are compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-    Portable,
-}
-
 impl Kernel {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Self::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Self::Avx2Fma;
-            }
-        }
-        Self::Portable
-    }
-
     fn run(self, s: &Sample<'_>, coef: &mut [f32], bx: &mut [f32], by: &mut [f32]) {
         match self {
             // SAFETY: `detect` chose these only where the CPU has the features they are
@@ -154,13 +131,6 @@ unsafe fn sample_avx512(s: &Sample<'_>, coef: &mut [f32], bx: &mut [f32], by: &m
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sample_avx2_fma(s: &Sample<'_>, coef: &mut [f32], bx: &mut [f32], by: &mut [f32]) {
     sample::<true>(s, coef, bx, by)
-}
-
-/// `a · b + c`, fused where the instruction exists (`FMA`; without it `mul_add` would be a
-/// slow library call).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// One sample: both sets of dot products in one pass, then both sums block by block.
