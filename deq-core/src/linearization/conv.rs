@@ -1,9 +1,9 @@
 //! The input gradient of a 2-D convolution with a fixed kernel.
 use burn::tensor::Tensor;
-
-use crate::backward::op::input_gradient_by_conv;
 use burn::tensor::module::conv_transpose2d;
 use burn::tensor::ops::ConvTransposeOptions;
+
+use crate::backward::op::input_gradient_by_conv;
 
 /// The input gradient of an undilated, ungrouped `conv2d(x, weight, bias, options)` (any bias)
 /// with respect to `x`, for inputs of one spatial size and any number of output gradients.
