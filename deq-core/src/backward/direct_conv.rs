@@ -70,6 +70,11 @@ fn conv2d_same_with(isa: Isa, x: &[f32], weight: &[f32], shape: ConvShape, out: 
     if out.is_empty() {
         return;
     }
+    if channels_in == 0 {
+        // An empty sum.
+        out.fill(0.0);
+        return;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
@@ -440,7 +445,7 @@ mod tests {
 
     /// Every variant this CPU runs, against the definition: 1×1, 3×3 and 5×5 kernels, output
     /// channels that do not fill a block of rows, images whose padded size is not a multiple of
-    /// the block, one-pixel images.
+    /// the block, one-pixel images, no input channels.
     #[test]
     fn every_variant_matches_the_definition() {
         #[allow(unused_mut)]
@@ -463,6 +468,7 @@ mod tests {
             (1, 3, 11, 6, 5, 5),
             (2, 2, 9, 1, 1, 3),
             (1, 1, 1, 4, 3, 1),
+            (2, 0, 3, 4, 4, 3),
         ] {
             let shape = ConvShape {
                 batch,
