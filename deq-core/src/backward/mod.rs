@@ -1,6 +1,8 @@
 //! Backward modes: how the adjoint `w ≈ (I − J_f)⁻ᵀ ∇L` is obtained.
 mod adjoint;
 #[cfg(feature = "flex")]
+pub(crate) mod batch_norm_kernel;
+#[cfg(feature = "flex")]
 pub(crate) mod direct_conv;
 mod kernel_gradient;
 pub mod op;

@@ -2,7 +2,7 @@
 //! (the autodiff graph and backend primitives). Four ops: the gradient-replacing identity that
 //! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
 //! [`conv2d_same`], a convolution with cheaper gradients (computed on flex by the direct loop of
-//! `direct_conv`), the fused [`batch_norm_train`], and
+//! `direct_conv`), the fused [`batch_norm_train`] (its backward a host loop on flex), and
 //! [`low_rank_pair`], the Broyden solver's two products with its inverse estimate, fused on
 //! flex.
 //!
@@ -112,6 +112,26 @@ pub trait DeqOps: Backend {
         Self::conv2d(x, weight, None, same_options(padding))
     }
 
+    /// BatchNorm's backward fused on the host: from the output gradient `grad` and `x̂ =
+    /// normalized` (`[batch, C, H, W]`), `inv_std` (`[1, C, 1, 1]`) and `gamma` (`[C]`), the
+    /// input gradient (when `input` is true) and the per-channel sums `Σ g` and `Σ g x̂` (`[C]`
+    /// each, the gradients of `β` and `γ`). `None`, the default, where the tensor operations
+    /// of [`batch_norm_train`]'s backward run instead; flex overrides it.
+    #[allow(unused_variables, clippy::type_complexity)]
+    fn batch_norm_backward(
+        grad: FloatTensor<Self>,
+        normalized: FloatTensor<Self>,
+        inv_std: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        input: bool,
+    ) -> Option<(
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    )> {
+        None
+    }
+
     /// `(B x, Bᵀ y)`, each `[batch, dim]`, for the per-sample low-rank inverse `B = −I + U Vᵀ`
     /// (`u`, `v`: `[batch, live, dim]`; `x`, `y`: `[batch, dim]`); see [`low_rank_pair`]. This
     /// body is the batched matrix products; flex overrides it with the fused host loop.
@@ -208,6 +228,58 @@ impl DeqOps for Flex {
         FloatTensor::<Self>::from_data(TensorData::new(
             out,
             [shape.batch, shape.channels_out, shape.height, shape.width],
+        ))
+    }
+
+    /// The two passes of `backward::batch_norm_kernel`, for `f32` tensors.
+    fn batch_norm_backward(
+        grad: FloatTensor<Self>,
+        normalized: FloatTensor<Self>,
+        inv_std: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        input: bool,
+    ) -> Option<(
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    )> {
+        use super::batch_norm_kernel::{NormShape, batch_norm_backward};
+        use burn::tensor::{DType, TensorData};
+        let dims = grad.layout().shape().to_vec();
+        let f32s = [&grad, &normalized, &inv_std, &gamma]
+            .iter()
+            .all(|t| t.dtype() == DType::F32);
+        if !f32s || dims.len() != 4 {
+            return None;
+        }
+        let shape = NormShape {
+            batch: dims[0],
+            channels: dims[1],
+            pixels: dims[2] * dims[3],
+        };
+        let [grad, normalized, inv_std, gamma] =
+            [grad, normalized, inv_std, gamma].map(|t| t.to_contiguous());
+        let slice = |t: &FloatTensor<Self>| t.as_slice::<f32>().expect("contiguous").to_vec();
+        let scale: Vec<f32> = slice(&gamma)
+            .iter()
+            .zip(slice(&inv_std))
+            .map(|(g, s)| g * s)
+            .collect();
+        let mut grad_x = input.then(|| vec![0f32; grad.layout().num_elements()]);
+        let sums = batch_norm_backward(
+            grad.as_slice::<f32>().expect("contiguous"),
+            normalized.as_slice::<f32>().expect("contiguous"),
+            &scale,
+            shape,
+            grad_x.as_deref_mut(),
+        );
+        let channel = |values: Vec<f32>| {
+            FloatTensor::<Self>::from_data(TensorData::new(values, [shape.channels]))
+        };
+        Some((
+            grad_x.map(|values| FloatTensor::<Self>::from_data(TensorData::new(values, dims))),
+            channel(sums.iter().map(|s| s.0 as f32).collect()),
+            channel(sums.iter().map(|s| s.1 as f32).collect()),
         ))
     }
 
@@ -401,7 +473,7 @@ fn channel_sums(t: Tensor<4>) -> Tensor<4> {
 #[derive(Debug)]
 struct BatchNormBackward;
 
-impl<B: Backend> Backward<B, 3> for BatchNormBackward
+impl<B: Backend + DeqOps> Backward<B, 3> for BatchNormBackward
 where
     DispatchTensor: DispatchKindConversion<B>,
 {
@@ -410,8 +482,27 @@ where
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
-        let grad = Tensor::<4>::from_primitive::<B>(grads.consume::<B>(&ops.node));
+        let grad = grads.consume::<B>(&ops.node);
         let (normalized, inv_std, gamma) = ops.state;
+        if let Some((grad_x, sum_grad, sum_grad_normalized)) = B::batch_norm_backward(
+            grad.clone(),
+            normalized.clone(),
+            inv_std.clone(),
+            gamma.clone(),
+            node_x.is_some(),
+        ) {
+            if let (Some(node), Some(grad_x)) = (node_x, grad_x) {
+                grads.register::<B>(node.id, grad_x);
+            }
+            if let Some(node) = node_gamma {
+                grads.register::<B>(node.id, sum_grad_normalized);
+            }
+            if let Some(node) = node_beta {
+                grads.register::<B>(node.id, sum_grad);
+            }
+            return;
+        }
+        let grad = Tensor::<4>::from_primitive::<B>(grad);
         let normalized = Tensor::<4>::from_primitive::<B>(normalized);
         let [batch, channels, height, width] = grad.dims();
         let count = (batch * height * width) as f64;
