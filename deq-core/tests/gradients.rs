@@ -409,9 +409,15 @@ fn conv2d_same_matches_burn_conv2d_in(dtype: DType, tol_value: f64, tol_grad: f6
 }
 
 /// `group_norm` has the value and the gradients of `burn::nn::GroupNorm` (affine or not; input,
-/// scale and shift tracked or constant), in f64.
+/// scale and shift tracked or constant), in f64 and in f32.
 #[test]
 fn group_norm_matches_burn_group_norm() {
+    for (dtype, tol_value, tol_grad) in [(DType::F64, 1e-12, 1e-10), (DType::F32, 1e-5, 1e-4)] {
+        group_norm_matches_burn_group_norm_in(dtype, tol_value, tol_grad);
+    }
+}
+
+fn group_norm_matches_burn_group_norm_in(dtype: DType, tol_value: f64, tol_grad: f64) {
     use burn::module::Param;
     use burn::nn::GroupNormConfig;
     use burn::tensor::TensorData;
@@ -419,7 +425,7 @@ fn group_norm_matches_burn_group_norm() {
     let tensor = |shape: Vec<usize>, seed: u64| {
         let values = Rng::new(seed).normals(shape.iter().product());
         let len: usize = shape.iter().product();
-        Tensor::<1>::from_data(TensorData::new(values, [len]), (&device, DType::F64))
+        Tensor::<1>::from_data(TensorData::new(values, [len]), (&device, DType::F64)).cast(dtype)
     };
     let shape = [3, 6, 4, 5];
     let x0 = tensor(shape.to_vec(), 41).reshape(shape);
@@ -473,17 +479,18 @@ fn group_norm_matches_burn_group_norm() {
             let (v0, gx0, gg0, gb0) = run(false);
             let (v1, gx1, gg1, gb1) = run(true);
             let case = format!(
-                "groups {groups}, affine {affine}, tracked x {track_x}, params {track_params}"
+                "{dtype:?}, groups {groups}, affine {affine}, tracked x {track_x}, params \
+                 {track_params}"
             );
             assert!(
-                rel_err(&v1, &v0) < 1e-12,
+                rel_err(&v1, &v0) < tol_value,
                 "{case}: value {:e}",
                 rel_err(&v1, &v0)
             );
             assert_eq!(gx1.is_some(), track_x, "{case}: input gradient present");
             if let (Some(a), Some(b)) = (gx1, gx0) {
                 assert!(
-                    rel_err(&a, &b) < 1e-10,
+                    rel_err(&a, &b) < tol_grad,
                     "{case}: input gradient {:e}",
                     rel_err(&a, &b)
                 );
@@ -491,13 +498,13 @@ fn group_norm_matches_burn_group_norm() {
             if affine && track_params {
                 let (a, b) = (gg1.expect("scale gradient"), gg0.expect("reference"));
                 assert!(
-                    rel_err(&a, &b) < 1e-10,
+                    rel_err(&a, &b) < tol_grad,
                     "{case}: scale gradient {:e}",
                     rel_err(&a, &b)
                 );
                 let (a, b) = (gb1.expect("shift gradient"), gb0.expect("reference"));
                 assert!(
-                    rel_err(&a, &b) < 1e-10,
+                    rel_err(&a, &b) < tol_grad,
                     "{case}: shift gradient {:e}",
                     rel_err(&a, &b)
                 );
