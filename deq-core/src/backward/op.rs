@@ -558,10 +558,8 @@ where
         if let Some(node) = node_x {
             let grad_x = if routes.input_by_conv {
                 // The input gradient of a stride-1 "same" convolution is the convolution of the
-                // output gradient with the flipped, transposed kernel. Burn's default is a
-                // transposed convolution, which on the CPU is a direct loop: with more input
-                // than output channels the im2col convolution is about twice as fast
-                // (`docs/RESULTS.md`).
+                // output gradient with the flipped, transposed kernel, taken where it beats
+                // Burn's transposed convolution (see `input_gradient_by_conv`).
                 let flipped = tensor(weight.clone()).swap_dims(0, 1).flip([2, 3]);
                 primitive(conv2d_same(tensor(grad.clone()), flipped))
             } else {
@@ -583,7 +581,7 @@ where
 /// Whether the input gradient of a stride-1 "same" convolution `[out, in, k, k]` on `device`
 /// is a forward convolution with the flipped, transposed kernel rather than Burn's transposed
 /// convolution: on flex, whose forward convolution is the direct loop of `direct_conv` (the
-/// implicit backward on MDEQ `small` took 15 % less time, `docs/RESULTS.md`), and elsewhere
+/// implicit backward on MDEQ `small` took 0.79× the time, `docs/RESULTS.md`), and elsewhere
 /// when the kernel has more input than output channels (Burn's CPU transposed convolution is a
 /// direct loop, about twice as slow as its forward convolution there).
 pub(crate) fn input_gradient_by_conv(
