@@ -272,59 +272,59 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
 
-    // SAFETY (every `unsafe` below): the caller runs on a CPU with the register's features (see
-    // the module docs), and loads and stores stay inside the slices (checked lengths).
-    impl Lanes for Avx512 {
-        const WIDTH: usize = 16;
-        #[inline(always)]
-        fn zero() -> Self {
-            Self(unsafe { _mm512_setzero_ps() })
-        }
-        #[inline(always)]
-        fn splat(value: f32) -> Self {
-            Self(unsafe { _mm512_set1_ps(value) })
-        }
-        #[inline(always)]
-        fn load(from: &[f32]) -> Self {
-            let from = &from[..16];
-            Self(unsafe { _mm512_loadu_ps(from.as_ptr()) })
-        }
-        #[inline(always)]
-        fn madd(self, b: Self, c: Self) -> Self {
-            Self(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
-        }
-        #[inline(always)]
-        fn store(self, to: &mut [f32]) {
-            let to = &mut to[..16];
-            unsafe { _mm512_storeu_ps(to.as_mut_ptr(), self.0) }
-        }
+    /// `Lanes` for one register type: its width and its zero, broadcast, unaligned load,
+    /// fused multiply-add and unaligned store intrinsics.
+    macro_rules! lanes {
+        ($register:ident, $width:literal, $zero:ident, $splat:ident, $load:ident, $fmadd:ident, $store:ident) => {
+            // SAFETY (every `unsafe` below): the caller runs on a CPU with the register's
+            // features (see the module docs), and loads and stores stay inside the slices
+            // (checked lengths).
+            impl Lanes for $register {
+                const WIDTH: usize = $width;
+                #[inline(always)]
+                fn zero() -> Self {
+                    Self(unsafe { $zero() })
+                }
+                #[inline(always)]
+                fn splat(value: f32) -> Self {
+                    Self(unsafe { $splat(value) })
+                }
+                #[inline(always)]
+                fn load(from: &[f32]) -> Self {
+                    let from = &from[..$width];
+                    Self(unsafe { $load(from.as_ptr()) })
+                }
+                #[inline(always)]
+                fn madd(self, b: Self, c: Self) -> Self {
+                    Self(unsafe { $fmadd(self.0, b.0, c.0) })
+                }
+                #[inline(always)]
+                fn store(self, to: &mut [f32]) {
+                    let to = &mut to[..$width];
+                    unsafe { $store(to.as_mut_ptr(), self.0) }
+                }
+            }
+        };
     }
 
-    impl Lanes for Avx2 {
-        const WIDTH: usize = 8;
-        #[inline(always)]
-        fn zero() -> Self {
-            Self(unsafe { _mm256_setzero_ps() })
-        }
-        #[inline(always)]
-        fn splat(value: f32) -> Self {
-            Self(unsafe { _mm256_set1_ps(value) })
-        }
-        #[inline(always)]
-        fn load(from: &[f32]) -> Self {
-            let from = &from[..8];
-            Self(unsafe { _mm256_loadu_ps(from.as_ptr()) })
-        }
-        #[inline(always)]
-        fn madd(self, b: Self, c: Self) -> Self {
-            Self(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
-        }
-        #[inline(always)]
-        fn store(self, to: &mut [f32]) {
-            let to = &mut to[..8];
-            unsafe { _mm256_storeu_ps(to.as_mut_ptr(), self.0) }
-        }
-    }
+    lanes!(
+        Avx512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    lanes!(
+        Avx2,
+        8,
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 }
 
 /// Most output positions a block holds (`VECS × WIDTH` for every variant above).
