@@ -16,6 +16,9 @@
 //! results agree to rounding.
 use rayon::prelude::*;
 
+use super::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use super::lanes::x86;
 use crate::isa::Isa;
 
 /// The sizes of a convolution: `x` `[batch, channels_in, height, width]`, kernel
@@ -214,117 +217,6 @@ unsafe fn sample_avx512(plan: &Plan<8>, x: &[f32], pad: &mut Vec<f32>, out: &mut
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sample_avx2_fma(plan: &Plan<4>, x: &[f32], pad: &mut Vec<f32>, out: &mut [f32]) {
     sample::<x86::Avx2, 3, 4>(plan, x, pad, out)
-}
-
-/// A vector of `f32` lanes, the unit of the inner loop.
-trait Lanes: Copy {
-    /// Lanes per vector.
-    const WIDTH: usize;
-    /// All lanes zero.
-    fn zero() -> Self;
-    /// All lanes `value`.
-    fn splat(value: f32) -> Self;
-    /// The first `WIDTH` values of `from` (panics when it is shorter).
-    fn load(from: &[f32]) -> Self;
-    /// `self · b + c`, lane by lane.
-    fn madd(self, b: Self, c: Self) -> Self;
-    /// Writes the lanes to the first `WIDTH` values of `to` (panics when it is shorter).
-    fn store(self, to: &mut [f32]);
-}
-
-impl Lanes for [f32; 4] {
-    const WIDTH: usize = 4;
-    #[inline(always)]
-    fn zero() -> Self {
-        [0.0; 4]
-    }
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        [value; 4]
-    }
-    #[inline(always)]
-    fn load(from: &[f32]) -> Self {
-        from[..4].try_into().unwrap()
-    }
-    #[inline(always)]
-    fn madd(self, b: Self, c: Self) -> Self {
-        std::array::from_fn(|l| self[l] * b[l] + c[l])
-    }
-    #[inline(always)]
-    fn store(self, to: &mut [f32]) {
-        to[..4].copy_from_slice(&self);
-    }
-}
-
-/// The x86-64 vector registers. Their methods are only called from functions compiled with the
-/// features they need (`sample_avx512`, `sample_avx2_fma`), which `Isa::detect` runs only on
-/// CPUs that have them.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Lanes;
-    use std::arch::x86_64::*;
-
-    /// One AVX-512 register.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512);
-
-    /// One AVX2 register.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx2(__m256);
-
-    /// `Lanes` for one register type: its width and its zero, broadcast, unaligned load,
-    /// fused multiply-add and unaligned store intrinsics.
-    macro_rules! lanes {
-        ($register:ident, $width:literal, $zero:ident, $splat:ident, $load:ident, $fmadd:ident, $store:ident) => {
-            // SAFETY (every `unsafe` below): the caller runs on a CPU with the register's
-            // features (see the module docs), and loads and stores stay inside the slices
-            // (checked lengths).
-            impl Lanes for $register {
-                const WIDTH: usize = $width;
-                #[inline(always)]
-                fn zero() -> Self {
-                    Self(unsafe { $zero() })
-                }
-                #[inline(always)]
-                fn splat(value: f32) -> Self {
-                    Self(unsafe { $splat(value) })
-                }
-                #[inline(always)]
-                fn load(from: &[f32]) -> Self {
-                    let from = &from[..$width];
-                    Self(unsafe { $load(from.as_ptr()) })
-                }
-                #[inline(always)]
-                fn madd(self, b: Self, c: Self) -> Self {
-                    Self(unsafe { $fmadd(self.0, b.0, c.0) })
-                }
-                #[inline(always)]
-                fn store(self, to: &mut [f32]) {
-                    let to = &mut to[..$width];
-                    unsafe { $store(to.as_mut_ptr(), self.0) }
-                }
-            }
-        };
-    }
-
-    lanes!(
-        Avx512,
-        16,
-        _mm512_setzero_ps,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_fmadd_ps,
-        _mm512_storeu_ps
-    );
-    lanes!(
-        Avx2,
-        8,
-        _mm256_setzero_ps,
-        _mm256_set1_ps,
-        _mm256_loadu_ps,
-        _mm256_fmadd_ps,
-        _mm256_storeu_ps
-    );
 }
 
 /// Most output positions a block holds (`VECS × WIDTH` for every variant above).

@@ -4,7 +4,11 @@ mod adjoint;
 pub(crate) mod batch_norm_kernel;
 #[cfg(feature = "flex")]
 pub(crate) mod direct_conv;
+#[cfg(feature = "flex")]
+pub(crate) mod direct_kernel_gradient;
 mod kernel_gradient;
+#[cfg(feature = "flex")]
+mod lanes;
 pub mod op;
 mod spec;
 
