@@ -243,7 +243,8 @@ impl DeqOps for Flex {
         ))
     }
 
-    /// The outer-product loop of `backward::direct_kernel_gradient`, for `f32` tensors.
+    /// The outer-product loop of `backward::direct_kernel_gradient`, for `f32` tensors and
+    /// kernels larger than 1×1.
     fn conv2d_same_kernel_gradient(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -253,9 +254,13 @@ impl DeqOps for Flex {
         use super::direct_kernel_gradient::kernel_gradient;
         use burn::tensor::{DType, TensorData};
         let (dims, grad_dims) = (x.layout().shape().to_vec(), grad.layout().shape().to_vec());
+        // 1×1 kernels keep the batched matrix products of `kernel_gradient.rs`: with one tap
+        // per channel, the loop's transposed copies cost more than they save (1.3–2.4× slower
+        // on the MDEQ heads' 1×1 convolutions, `docs/RESULTS.md`).
         let fits = x.dtype() == DType::F32
             && grad.dtype() == DType::F32
             && kernel % 2 == 1
+            && kernel > 1
             && dims.len() == 4
             && grad_dims.len() == 4
             && (grad_dims[0], grad_dims[2], grad_dims[3]) == (dims[0], dims[2], dims[3]);
