@@ -2,9 +2,9 @@
 //!
 //! 1. kernel gradient (kernel tracked, `loss.backward()` and the read-back): Burn's `conv2d`
 //!    (a convolution with the batch as channels and the output gradient as kernel) against
-//!    `deq_core::conv2d_same` (on flex in `f32`, the register-blocked loop of
-//!    `direct_kernel_gradient`; elsewhere shifted matrix products where
-//!    `shifted_products_pay`), for the shapes of `tiny` and `small`;
+//!    `deq_core::conv2d_same` (on flex in `f32` with kernels larger than 1×1, the
+//!    register-blocked loop of `direct_kernel_gradient`; otherwise shifted matrix products
+//!    where `shifted_products_pay`), for the shapes of `tiny` and `small`;
 //! 2. input gradient of stride-1 convolutions with no more input than output channels:
 //!    Burn's transposed convolution against the forward convolution with the flipped,
 //!    transposed kernel (the route `conv2d_same` takes with more input than output channels);

@@ -255,7 +255,7 @@ impl DeqOps for Flex {
         use burn::tensor::{DType, TensorData};
         let (dims, grad_dims) = (x.layout().shape().to_vec(), grad.layout().shape().to_vec());
         // 1×1 kernels keep the batched matrix products of `kernel_gradient.rs`: with one tap
-        // per channel, the loop's transposed copies cost more than they save (1.3–2.4× slower
+        // per channel, the loop's transposed copies cost more than they save (up to 2.4× slower
         // on the MDEQ heads' 1×1 convolutions, `docs/RESULTS.md`).
         let fits = x.dtype() == DType::F32
             && grad.dtype() == DType::F32
