@@ -18,8 +18,10 @@
 //!   gradient, placed after a zero margin of `off(last tap)`, gives the streams at offsets
 //!   `−off(t)`: `Σ_q g[o, q] x_pad[c, q + off(t)] = Σ_q' x_pad[c, q'] g[o, q' − off(t)]`.
 //!
-//! Samples run in parallel on Rayon's pool (each job with its own accumulator, summed at the
-//! end). The sums are in a different order from Burn's, so results agree to rounding.
+//! Samples run in parallel on Rayon's pool: one job per thread over consecutive samples, each
+//! with its own accumulator, added in order at the end, so that the result depends on the
+//! thread count only. The sums are in a different order from Burn's, so results agree to
+//! rounding.
 use rayon::prelude::*;
 
 use super::direct_conv::ConvShape;
@@ -238,23 +240,27 @@ fn run(
         });
         acc
     } else {
-        x.par_chunks(size_in)
-            .zip(grad.par_chunks(size_out))
-            .fold(
-                || (Buffers::default(), vec![0f32; len]),
-                |(mut buffers, mut acc), (x, g)| {
+        // One job per thread over consecutive samples, and their sums added in order: the
+        // result depends on the thread count only, not on which thread ran what.
+        let batch = plan.shape.batch;
+        let per_job = batch.div_ceil(rayon::current_num_threads().min(batch));
+        let jobs: Vec<Vec<f32>> = x
+            .par_chunks(per_job * size_in)
+            .zip(grad.par_chunks(per_job * size_out))
+            .map(|(x, g)| {
+                let (mut buffers, mut acc) = (Buffers::default(), vec![0f32; len]);
+                for (x, g) in x.chunks(size_in).zip(g.chunks(size_out)) {
                     one(plan, x, g, &mut buffers, &mut acc);
-                    (buffers, acc)
-                },
-            )
-            .map(|(_, acc)| acc)
-            .reduce(
-                || vec![0f32; len],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            )
+                }
+                acc
+            })
+            .collect();
+        let mut jobs = jobs.into_iter();
+        let mut acc = jobs.next().unwrap_or_else(|| vec![0f32; len]);
+        for job in jobs {
+            acc.iter_mut().zip(&job).for_each(|(a, b)| *a += b);
+        }
+        acc
     };
     plan.write(&acc, out);
 }
@@ -412,7 +418,8 @@ mod tests {
 
     /// Every variant this CPU runs, in both layouts (more output than input channels and
     /// fewer), against the definition: 1×1, 3×3 and 5×5 kernels, channels that do not fill a
-    /// block, streams that do not fill a group, one-pixel images, no channels, several threads.
+    /// block, streams that do not fill a group, one-pixel images, no channels, several threads
+    /// (twice each: the same bits).
     #[test]
     fn every_variant_matches_the_definition() {
         #[allow(unused_mut)]
@@ -467,6 +474,14 @@ mod tests {
                     let mut out = vec![f32::NAN; expected.len()];
                     pool.install(|| kernel_gradient_with(isa, &x, &g, shape, &mut out));
                     let threads = pool.current_num_threads();
+                    let mut again = vec![f32::NAN; expected.len()];
+                    pool.install(|| kernel_gradient_with(isa, &x, &g, shape, &mut again));
+                    assert!(
+                        out.iter()
+                            .zip(&again)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa:?} {shape:?}, {threads} threads: two runs differ"
+                    );
                     for (i, (&got, &want)) in out.iter().zip(&expected).enumerate() {
                         assert!(
                             (got as f64 - want).abs() < 1e-5 * scale,
