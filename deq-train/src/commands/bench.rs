@@ -48,7 +48,9 @@ pub struct BenchArgs {
     /// Measure peak resident memory of training steps instead of times: implicit, SHINE and
     /// unrolled (or the `--mode`s given) at forward budgets 8 and 32 with `--memory`, each in a
     /// process of its own, and the phase of the step (forward, backward, optimiser) where each
-    /// peak is reached.
+    /// peak is reached. The probes return freed memory to the OS at once
+    /// (`MIMALLOC_PURGE_DELAY=0` unless set), so a peak is memory in use, not the heap the
+    /// allocator keeps for reuse; `RAYON_NUM_THREADS=1` gives the steadiest figures.
     #[arg(long)]
     pub peak_memory: bool,
     /// (internal) One memory measurement of this mode in this process, printed as JSON.
@@ -164,7 +166,14 @@ fn memory(args: &BenchArgs) -> anyhow::Result<()> {
     let mut probes = Vec::new();
     for mode in &modes {
         for budget in [8usize, 32] {
-            let output = std::process::Command::new(&exe)
+            let mut probe = std::process::Command::new(&exe);
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                // Training keeps freed memory for reuse (`main.rs`); with it the peak would
+                // count whatever the allocator kept, which varies from run to run with two
+                // threads (32 / 8 ratios of 0.93–1.35 for SHINE on `small`, docs/RESULTS.md).
+                probe.env("MIMALLOC_PURGE_DELAY", "0");
+            }
+            let output = probe
                 .args(["bench", "--model", &args.model, "--backend", &args.backend])
                 .args(["--batch", &args.batch.to_string()])
                 .args(["--peak-memory-probe", mode])
