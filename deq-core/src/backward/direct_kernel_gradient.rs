@@ -11,7 +11,8 @@
 //! register lane belongs to one entry of `∂L/∂W`: no horizontal sums, and the registers carry
 //! on from one sample to the next through a small accumulator.
 //!
-//! Two layouts, the choice by the padding of the vector channels to whole registers:
+//! Two layouts, the choice by the work each does (with the vector channels rounded up to whole
+//! registers and the streams to whole groups):
 //! - output channels in the vectors: the output gradient is transposed to positions-major
 //!   `[q][o]` and the padded input gives the streams, at offsets `+off(t)`;
 //! - input channels in the vectors: the padded input is transposed to `[q'][c]`, and the output
@@ -134,11 +135,15 @@ impl Plan {
         let p = kernel / 2;
         let padded_width = width + 2 * p;
         let padded_rows = height + 2 * p;
-        // Vectorised work including the zero lanes of the last block; the input-channel layout
-        // also sums over the padded border.
-        let work_out = channels_out.div_ceil(block) * block * height;
-        let work_in = channels_in.div_ceil(block) * block * padded_rows;
-        let vector_out = work_out <= work_in;
+        let taps = kernel * kernel;
+        // The FMAs of each layout per padded row: vector channels rounded up to whole blocks,
+        // times streams rounded up to whole groups, times the rows summed over (the
+        // input-channel layout also sums over the padded border).
+        let work = |vector: usize, streamed: usize, rows_summed: usize| {
+            vector.div_ceil(block) * block * (streamed * taps).div_ceil(rows) * rows * rows_summed
+        };
+        let vector_out =
+            work(channels_out, channels_in, height) <= work(channels_in, channels_out, padded_rows);
         let margin = 2 * p * padded_width + 2 * p;
         let (vector_channels, stream_channels, positions, stream_stride) = if vector_out {
             // Streams: the padded input; the last tap reads up to `positions − 1 + margin`.
@@ -149,7 +154,6 @@ impl Plan {
             let positions = padded_rows * padded_width;
             (channels_in, channels_out, positions, margin + positions)
         };
-        let taps = kernel * kernel;
         let offset = |t: usize| (t / kernel) * padded_width + t % kernel;
         let count = (stream_channels * taps).div_ceil(rows) * rows;
         let streams: Vec<Option<(usize, usize)>> = (0..count)
@@ -409,6 +413,28 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The layout with fewer padded FMAs: the vectors take the channels that fill registers
+    /// better once the other side's streams are counted (`small`'s 8 → 40 block has 48 / 40
+    /// padded output lanes against 32 / 8 input ones, so output channels in the vectors).
+    #[test]
+    fn the_layout_does_less_work() {
+        let plan = |channels_in, channels_out, side| {
+            let shape = ConvShape {
+                batch: 1,
+                channels_in,
+                channels_out,
+                height: side,
+                width: side,
+                kernel: 3,
+            };
+            Plan::new(shape, 16, 2, 12).vector_out
+        };
+        assert!(plan(8, 40, 14) && !plan(40, 8, 14));
+        assert!(plan(16, 80, 7) && !plan(80, 16, 7));
+        assert!(plan(24, 120, 32) && !plan(120, 24, 32));
+        assert!(plan(3, 24, 32) && plan(24, 24, 32));
     }
 
     /// A value that depends on every index, in [−1, 1].
