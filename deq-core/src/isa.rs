@@ -18,21 +18,53 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
+    /// Every variant, widest first.
+    const ALL: &[Self] = &[
+        #[cfg(target_arch = "x86_64")]
+        Self::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Self::Avx2Fma,
+        Self::Portable,
+    ];
+
+    /// Whether this CPU has the features the variant is compiled for.
+    fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            Self::Portable => true,
+        }
+    }
+
     /// The widest variant this CPU runs.
     pub(crate) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Self::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Self::Avx2Fma;
-            }
-        }
-        Self::Portable
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|isa| isa.runs_here())
+            .unwrap_or(Self::Portable)
     }
+
+    /// Every variant this CPU runs (what the kernels' tests check).
+    #[cfg(test)]
+    pub(crate) fn supported() -> Vec<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|isa| isa.runs_here())
+            .collect()
+    }
+}
+
+/// A value that depends on every index, in [−1, 1]: test data for the host loops.
+#[cfg(test)]
+pub(crate) fn test_value(seed: usize, i: usize) -> f32 {
+    ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
 }
 
 /// `a · b + c`, fused where the instruction exists (`FMA`; without it `mul_add` would be a

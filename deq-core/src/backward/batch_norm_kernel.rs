@@ -113,11 +113,7 @@ fn sums_of(g: &[f32], x: &[f32]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A value that depends on every index, in [−1, 1].
-    fn value(seed: usize, i: usize) -> f32 {
-        ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
-    }
+    use crate::isa::test_value as value;
 
     /// Against the definition in f64, with runs of pixels that are not a multiple of the lanes,
     /// and without the input gradient.

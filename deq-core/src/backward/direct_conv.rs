@@ -297,6 +297,7 @@ fn sample<V: Lanes, const VECS: usize, const ROWS: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::test_value as value;
 
     /// The convolution in f64, straight from the definition (zero outside the image).
     fn reference(x: &[f32], weight: &[f32], s: ConvShape) -> Vec<f64> {
@@ -330,29 +331,12 @@ mod tests {
         out
     }
 
-    /// A value that depends on every index, in [−1, 1].
-    fn value(seed: usize, i: usize) -> f32 {
-        ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
-    }
-
     /// Every variant this CPU runs, against the definition: 1×1, 3×3 and 5×5 kernels, output
     /// channels that do not fill a block of rows, images whose padded size is not a multiple of
     /// the block, one-pixel images, no input channels.
     #[test]
     fn every_variant_matches_the_definition() {
-        #[allow(unused_mut)]
-        let mut variants = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                variants.push(Isa::Avx2Fma);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                variants.push(Isa::Avx512);
-            }
-        }
+        let variants = Isa::supported();
         for (batch, channels_in, channels_out, height, width, kernel) in [
             (3, 8, 40, 14, 14, 3),
             (2, 5, 3, 7, 7, 3),

@@ -382,6 +382,7 @@ fn sample<V: Lanes, const VECS: usize, const ROWS: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::test_value as value;
 
     /// The kernel gradient in f64, straight from the definition (zero outside the image).
     fn reference(x: &[f32], g: &[f32], s: ConvShape) -> Vec<f64> {
@@ -437,30 +438,13 @@ mod tests {
         assert!(plan(3, 24, 32) && plan(24, 24, 32));
     }
 
-    /// A value that depends on every index, in [−1, 1].
-    fn value(seed: usize, i: usize) -> f32 {
-        ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
-    }
-
     /// Every variant this CPU runs, in both layouts (more output than input channels and
     /// fewer), against the definition: 1×1, 3×3 and 5×5 kernels, channels that do not fill a
     /// block, streams that do not fill a group, one-pixel images, no channels, several threads
     /// (twice each: the same bits).
     #[test]
     fn every_variant_matches_the_definition() {
-        #[allow(unused_mut)]
-        let mut variants = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                variants.push(Isa::Avx2Fma);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                variants.push(Isa::Avx512);
-            }
-        }
+        let variants = Isa::supported();
         let pools = [1, 3].map(|threads| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -191,6 +191,7 @@ fn dot_pair<const FMA: bool>(a: &[f32], x: &[f32], b: &[f32], y: &[f32]) -> (f32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::test_value as value;
 
     /// `B x` and `Bᵀ y` of one sample in f64, straight from the definition.
     fn reference(u: &[Vec<f64>], v: &[Vec<f64>], x: &[f64], y: &[f64]) -> (Vec<f64>, Vec<f64>) {
@@ -205,11 +206,6 @@ mod tests {
             }
         }
         (bx, by)
-    }
-
-    /// A value that depends on every index, in [−1, 1].
-    fn value(seed: usize, i: usize) -> f32 {
-        ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
     }
 
     /// Every kernel this CPU runs, with pairs stored in a ring of `capacity` slots (only
@@ -228,8 +224,7 @@ mod tests {
             slot_stride: dim,
         };
         let (u, v) = (factor(data_u.as_slice()), factor(data_v.as_slice()));
-        let mut kernels = vec![Kernel::Portable, Kernel::detect()];
-        kernels.dedup();
+        let kernels = Kernel::supported();
         for live in [0, 1, 4] {
             for &kernel in &kernels {
                 let mut out = vec![f32::NAN; 2 * batch * dim];
