@@ -670,9 +670,9 @@ pub(crate) fn input_gradient_by_conv(
 /// - on flex, and elsewhere when the kernel has more input than output channels, the input
 ///   gradient is a forward convolution with the flipped, transposed kernel instead of Burn's
 ///   transposed convolution (see `input_gradient_by_conv`);
-/// - on flex with `f32` tensors, the kernel gradient is the register-blocked loop of
-///   `direct_kernel_gradient` (0.75× the SHINE backward time on MDEQ `tiny`); on the other CPU
-///   backend, when the images are wide enough, it is `k²` batched matrix products of shifted
+/// - on flex with `f32` tensors and kernels larger than 1×1, the kernel gradient is the
+///   register-blocked loop of `direct_kernel_gradient` (0.75× the SHINE backward time on MDEQ
+///   `tiny`); otherwise on the CPU backends, when the images are wide enough, it is `k²` batched matrix products of shifted
 ///   views instead of Burn's convolution with the batch as channels (see `kernel_gradient.rs`).
 pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>) -> Tensor<4> {
     let [channels_out, channels_in, kernel, _] = weight.dims();
