@@ -135,7 +135,7 @@ fn main() {
         }
     };
 
-    let (px, py) = inverse.apply_pair(x.clone(), y.clone());
+    let (px, py, _) = inverse.apply_pair(x.clone(), y.clone());
     plain(&mut bx, &mut by);
     let worst = host(px)
         .iter()

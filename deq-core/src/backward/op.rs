@@ -1,10 +1,11 @@
 //! Custom backend ops: the ONE place in the project that touches Burn's backend internals
-//! (the autodiff graph and backend primitives). Four ops: the gradient-replacing identity that
+//! (the autodiff graph and backend primitives). Five ops: the gradient-replacing identity that
 //! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
 //! [`conv2d_same`], a convolution with cheaper gradients (computed on flex by the direct loop of
-//! `direct_conv`), the fused [`batch_norm_train`] (its backward a host loop on flex), and
-//! [`low_rank_pair`], the Broyden solver's two products with its inverse estimate, fused on
-//! flex.
+//! `direct_conv`), the fused [`batch_norm_train`] (its backward a host loop on flex),
+//! [`low_rank_pair`], the Broyden solver's two products with its inverse estimate and the dot
+//! products of its update, and [`residual`], an iterate's residual with its norms (both fused
+//! on flex).
 //!
 //! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
@@ -66,7 +67,8 @@ impl std::fmt::Debug for AdjointMap {
 }
 
 /// Backend extension carrying the project's custom ops: the gradient-replacing identity in its
-/// value-replacing form, the fused BatchNorm, [`conv2d_same`] and [`low_rank_pair`].
+/// value-replacing form, the fused BatchNorm, [`conv2d_same`], [`low_rank_pair`] and
+/// [`residual`].
 #[backend_extension(
     Autodiff,
     Flex: cfg(feature = "flex"),
@@ -144,18 +146,58 @@ pub trait DeqOps: Backend {
         None
     }
 
-    /// `(B x, Bᵀ y)`, each `[batch, dim]`, for the per-sample low-rank inverse `B = −I + U Vᵀ`
-    /// (`u`, `v`: `[batch, live, dim]`; `x`, `y`: `[batch, dim]`); see [`low_rank_pair`]. This
-    /// body is the batched matrix products; flex overrides it with the fused host loop.
+    /// `(B x, Bᵀ y, dots)` for the per-sample low-rank inverse `B = −I + U Vᵀ` (`u`, `v`:
+    /// `[batch, live, dim]`; `x`, `y`: `[batch, dim]`): the products are `[batch, dim]`,
+    /// `dots` is `[batch, 2]`, per sample `y · (B x)` and `y · y`; see [`low_rank_pair`].
+    /// This body is the batched matrix products; flex overrides it with the fused host loop.
     fn low_rank_pair(
         u: FloatTensor<Self>,
         v: FloatTensor<Self>,
         x: FloatTensor<Self>,
         y: FloatTensor<Self>,
         shape: LowRankShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         batched_low_rank_pair::<Self>(u, v, x, y, shape)
     }
+
+    /// The residual `g = fz − z` of a fixed-point iterate (`z`, `fz`: `[batch, dim]`) and, per
+    /// sample, `‖g‖²` and `‖fz‖²` (`[batch, 2]`); see [`residual`]. This body is a
+    /// subtraction and two batched dot products; flex overrides it with one fused host loop.
+    fn residual(
+        z: FloatTensor<Self>,
+        fz: FloatTensor<Self>,
+        shape: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        batched_residual::<Self>(z, fz, shape)
+    }
+}
+
+/// [`DeqOps::residual`] as a subtraction and two batched dot products on any backend.
+fn batched_residual<B: Backend>(
+    z: FloatTensor<B>,
+    fz: FloatTensor<B>,
+    shape: [usize; 2],
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let g = B::float_sub(fz.clone(), z);
+    let squares = B::float_cat(
+        vec![
+            row_dot::<B>(g.clone(), g.clone(), shape),
+            row_dot::<B>(fz.clone(), fz, shape),
+        ],
+        1,
+    );
+    (g, squares)
+}
+
+/// Per row, `aᵢ · bᵢ` (`[batch, dim]` each → `[batch, 1]`), as a batched matrix product.
+fn row_dot<B: Backend>(
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    [batch, dim]: [usize; 2],
+) -> FloatTensor<B> {
+    let a = B::float_reshape(a, Shape::new([batch, 1, dim]));
+    let b = B::float_reshape(b, Shape::new([batch, dim, 1]));
+    B::float_reshape(B::float_matmul(a, b), Shape::new([batch, 1]))
 }
 
 /// [`DeqOps::low_rank_pair`] as batched matrix products on any backend.
@@ -165,7 +207,7 @@ fn batched_low_rank_pair<B: Backend>(
     x: FloatTensor<B>,
     y: FloatTensor<B>,
     shape: LowRankShape,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let LowRankShape { batch, live, dim } = shape;
     let product = |a: FloatTensor<B>, c: FloatTensor<B>, x: FloatTensor<B>| {
         let column = B::float_reshape(x.clone(), Shape::new([batch, dim, 1]));
@@ -173,7 +215,16 @@ fn batched_low_rank_pair<B: Backend>(
         let sum = B::float_reshape(B::float_matmul(coef, a), Shape::new([batch, dim]));
         B::float_sub(sum, x)
     };
-    (product(u.clone(), v.clone(), x), product(v, u, y))
+    let bx = product(u.clone(), v.clone(), x);
+    let by = product(v, u, y.clone());
+    let dots = B::float_cat(
+        vec![
+            row_dot::<B>(y.clone(), bx.clone(), [batch, dim]),
+            row_dot::<B>(y.clone(), y, [batch, dim]),
+        ],
+        1,
+    );
+    (bx, by, dots)
 }
 
 /// The sizes of a [`DeqOps::low_rank_pair`] call.
@@ -350,8 +401,8 @@ impl DeqOps for Flex {
         x: FloatTensor<Self>,
         y: FloatTensor<Self>,
         shape: LowRankShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        use crate::solver::pair_kernel::{Factor, low_rank_pair};
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use crate::solver::pair_kernel::{Factor, PairOutputs, low_rank_pair};
         use burn::tensor::{DType, TensorData};
         let LowRankShape { batch, live, dim } = shape;
         let f32s = [&u, &v, &x, &y].iter().all(|t| t.dtype() == DType::F32);
@@ -381,6 +432,7 @@ impl DeqOps for Flex {
             }
         }
         let (mut bx, mut by) = (vec![0f32; batch * dim], vec![0f32; batch * dim]);
+        let mut dots = vec![0f32; 2 * batch];
         let (xs, ys) = (
             x.as_slice::<f32>().expect("contiguous"),
             y.as_slice::<f32>().expect("contiguous"),
@@ -392,12 +444,44 @@ impl DeqOps for Flex {
             xs,
             ys,
             dim,
-            (&mut bx, &mut by),
+            PairOutputs {
+                bx: &mut bx,
+                by: &mut by,
+                dots: &mut dots,
+            },
         );
-        let tensor = |values: Vec<f32>| {
-            FloatTensor::<Self>::from_data(TensorData::new(values, [batch, dim]))
+        let tensor = |values: Vec<f32>, width: usize| {
+            FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
         };
-        (tensor(bx), tensor(by))
+        (tensor(bx, dim), tensor(by, dim), tensor(dots, 2))
+    }
+
+    /// The fused loop of `solver::residual_kernel` for `f32` tensors.
+    fn residual(
+        z: FloatTensor<Self>,
+        fz: FloatTensor<Self>,
+        shape: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        use crate::solver::residual_kernel::residual;
+        use burn::tensor::{DType, TensorData};
+        let [batch, dim] = shape;
+        if z.dtype() != DType::F32 || fz.dtype() != DType::F32 {
+            return batched_residual::<Self>(z, fz, shape);
+        }
+        let (z, fz) = (z.to_contiguous(), fz.to_contiguous());
+        let mut g = vec![0f32; batch * dim];
+        let mut squares = vec![0f32; 2 * batch];
+        residual(
+            z.as_slice::<f32>().expect("contiguous"),
+            fz.as_slice::<f32>().expect("contiguous"),
+            dim,
+            &mut g,
+            &mut squares,
+        );
+        let tensor = |values: Vec<f32>, width: usize| {
+            FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
+        };
+        (tensor(g, dim), tensor(squares, 2))
     }
 }
 
@@ -805,8 +889,9 @@ pub fn batch_norm_train(
     (value, statistics.0, statistics.1)
 }
 
-/// `(B x, Bᵀ y)` for the per-sample low-rank inverse `B = −I + U Vᵀ`, with `u`, `v`:
-/// `[batch, live, dim]` (the live pairs) and `x`, `y`: `[batch, dim]`.
+/// `(B x, Bᵀ y, dots)` for the per-sample low-rank inverse `B = −I + U Vᵀ`, with `u`, `v`:
+/// `[batch, live, dim]` (the live pairs) and `x`, `y`: `[batch, dim]`; `dots` (`[batch, 2]`)
+/// holds per sample `y · (B x)` and `y · y`, the dot products of Broyden's secant update.
 ///
 /// On flex, with `f32` factors whose pairs are rows of one buffer, one fused loop per sample
 /// reads each factor once from memory (see `solver::pair_kernel`); elsewhere, and on autodiff
@@ -816,7 +901,7 @@ pub fn low_rank_pair(
     v: Tensor<3>,
     x: Tensor<2>,
     y: Tensor<2>,
-) -> (Tensor<2>, Tensor<2>) {
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
     let [batch, live, dim] = u.dims();
     let autodiff = u.is_autodiff() || v.is_autodiff() || x.is_autodiff() || y.is_autodiff();
     let (u, v, x, y) = if autodiff {
@@ -824,12 +909,33 @@ pub fn low_rank_pair(
     } else {
         (u, v, x, y)
     };
-    let (bx, by) = <Dispatch as DeqOps>::low_rank_pair(
+    let (bx, by, dots) = <Dispatch as DeqOps>::low_rank_pair(
         u.into_dispatch(),
         v.into_dispatch(),
         x.into_dispatch(),
         y.into_dispatch(),
         LowRankShape { batch, live, dim },
     );
-    (Tensor::from_dispatch(bx), Tensor::from_dispatch(by))
+    (
+        Tensor::from_dispatch(bx),
+        Tensor::from_dispatch(by),
+        Tensor::from_dispatch(dots),
+    )
+}
+
+/// The residual `g = fz − z` of fixed-point iterates `z` and their images `fz` (`[batch, dim]`
+/// each), and per sample `‖g‖²` and `‖fz‖²` (`[batch, 2]`).
+///
+/// On flex, for `f32`, one loop per sample reads `z` and `fz` once (see
+/// `solver::residual_kernel`); elsewhere, and on autodiff tensors, a subtraction and two batched
+/// dot products.
+pub fn residual(z: Tensor<2>, fz: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let shape = z.dims();
+    let (z, fz) = if z.is_autodiff() || fz.is_autodiff() {
+        (z.autodiff(), fz.autodiff())
+    } else {
+        (z, fz)
+    };
+    let (g, squares) = <Dispatch as DeqOps>::residual(z.into_dispatch(), fz.into_dispatch(), shape);
+    (Tensor::from_dispatch(g), Tensor::from_dispatch(squares))
 }

@@ -4,7 +4,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::StopRule;
 use super::low_rank::LowRankInverse;
 use super::map::BatchMap;
-use super::tracker::{Tracker, row_dot, where_rows};
+use super::tracker::{Tracker, where_rows};
 
 /// A denominator `vᵀΔg` smaller than this (relative to `‖Δz‖²`, its value for `B = J_g⁻¹`)
 /// skips the update.
@@ -60,12 +60,12 @@ pub(crate) fn broyden(
         let moving: Vec<bool> = tracker.active().to_vec();
         // z⁺ = z + Δz with Δz = −B g (frozen samples stay where they are: the tracker masks
         // their step). Δz itself is never formed: `bg = −Δz` stands in for it below.
-        let g_new = tracker.step(map, z.clone() - bg.clone(), &mut z, &mut fz);
-        // B g⁺ and Bᵀ (B g) = −v (vᵀ = Δzᵀ B), both with the current B. The rows of samples
-        // that just went non-finite are NaN; they stay in their own rows and are never written.
-        let (bg_new, minus_v) = inverse.apply_pair(g_new.clone(), bg.clone());
-        let dots = [row_dot(&bg, &bg_new), row_dot(&bg, &bg)];
-        let obs = tracker.record(iter, &mut z, &mut fz, &g_new, &dots);
+        let residual = tracker.step(map, z.clone() - bg.clone(), &mut z, &mut fz);
+        // B g⁺ and Bᵀ (B g) = −v (vᵀ = Δzᵀ B), both with the current B, and the dot products
+        // (B g)·(B g⁺) and (B g)·(B g). The rows of samples that just went non-finite are NaN;
+        // they stay in their own rows and are never written.
+        let (bg_new, minus_v, dots) = inverse.apply_pair(residual.g.clone(), bg.clone());
+        let obs = tracker.record(iter, &mut z, &mut fz, &residual, &[dots]);
         // Δz·(B g⁺) = −(B g)·(B g⁺); ‖Δz‖² = ‖B g‖².
         let (minus_v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
 

@@ -1,8 +1,8 @@
 //! The per-sample limited-memory Broyden inverse `B = −I + Σⱼ uⱼ vⱼᵀ`.
 use burn::tensor::{Bool, Tensor, TensorData};
 
-use super::map::row_index;
-use super::tracker::where_rows;
+use super::map::{row_index, row_runs};
+use super::tracker::{row_dot, where_rows};
 
 /// Per-sample low-rank inverse-Jacobian estimate `B = −I + U Vᵀ` (`B ≈ J_g⁻¹`, see
 /// `shine-math.md`), stored as ring buffers `U`, `V` of shape `[batch, capacity, dim]`.
@@ -147,16 +147,19 @@ impl LowRankInverse {
         low_rank_product(&self.v, &self.u, self.live, x)
     }
 
-    /// `(B x, Bᵀ y)` per sample (`x`, `y`: `[batch, dim]`), the values of
-    /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed), from
+    /// `(B x, Bᵀ y, dots)` per sample (`x`, `y`: `[batch, dim]`): the values of
+    /// [`apply`](Self::apply) and [`apply_transposed`](Self::apply_transposed), and `dots`
+    /// (`[batch, 2]`), per sample `y · (B x)` and `y · y`. From
     /// [`crate::backward::op::low_rank_pair`]: on flex one fused loop per sample that reads
     /// each factor once from memory instead of four batched passes; on the other backends the
-    /// two batched products.
-    pub fn apply_pair(&self, x: Tensor<2>, y: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    /// batched products.
+    pub fn apply_pair(&self, x: Tensor<2>, y: Tensor<2>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         let capacity = self.u.dims()[1];
         let live = self.live.min(capacity);
         if live == 0 {
-            return (x.neg(), y.neg());
+            let bx = x.neg();
+            let dots = Tensor::cat(vec![row_dot(&y, &bx), row_dot(&y, &y)], 1);
+            return (bx, y.neg(), dots);
         }
         let live_slots = |buf: &Tensor<3>| buf.clone().narrow(1, 0, live);
         crate::backward::op::low_rank_pair(live_slots(&self.u), live_slots(&self.v), x, y)
@@ -548,23 +551,6 @@ fn reordered_with_padding(
     }
 }
 
-/// The runs of consecutive `true` entries of `rows`, as `start..end` index pairs.
-fn row_runs(rows: &[bool]) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
-    let mut start = None;
-    for (b, &r) in rows.iter().chain(std::iter::once(&false)).enumerate() {
-        match (r, start) {
-            (true, None) => start = Some(b),
-            (false, Some(s)) => {
-                runs.push((s, b));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    runs
-}
-
 /// The selected rows of slot column `slot` of `buf` (`[batch, capacity, dim]`), in order, as a
 /// fresh `[k, dim]` tensor. Only those rows are read, run by run (a `select` on the strided
 /// slot column would first copy all of it), and the result never shares `buf`'s memory, so
@@ -792,14 +778,33 @@ mod tests {
                 values(b.apply(x.clone())),
                 values(b.apply_transposed(y.clone())),
             );
-            let (bx, by) = b.apply_pair(x, y);
+            let yh = values(y.clone());
+            let (bx, by, dots) = b.apply_pair(x, y);
             let case = format!("{dtype:?}, autodiff {autodiff}");
             assert_eq!(bx.is_autodiff(), autodiff, "{case}");
+            assert_eq!(dots.dims(), [batch, 2], "{case}");
             let near = |a: &[f64], b: &[f64]| {
                 a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4)
             };
             assert!(near(&values(bx), &expected.0), "B x, {case}");
             assert!(near(&values(by), &expected.1), "Bᵀ y, {case}");
+            // Per sample y · (B x) and y · y.
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+            let expected_dots: Vec<f64> = (0..batch)
+                .flat_map(|s| {
+                    let row = s * n..(s + 1) * n;
+                    let y = &yh[row.clone()];
+                    [dot(y, &expected.0[row]), dot(y, y)]
+                })
+                .collect();
+            let found = values(dots);
+            assert!(
+                found
+                    .iter()
+                    .zip(&expected_dots)
+                    .all(|(a, b)| (a - b).abs() < 1e-4 * (1.0 + b.abs())),
+                "dots, {case}: {found:?} against {expected_dots:?}"
+            );
         }
     }
 
@@ -1003,17 +1008,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn row_runs_are_the_consecutive_selected_rows() {
-        assert_eq!(row_runs(&[]), vec![]);
-        assert_eq!(row_runs(&[false, false]), vec![]);
-        assert_eq!(row_runs(&[true, true, true]), vec![(0, 3)]);
-        assert_eq!(
-            row_runs(&[true, false, true, true, false, false, true]),
-            vec![(0, 1), (2, 4), (6, 7)]
-        );
     }
 
     /// Both ways of writing a column (run by run, and through a row mask once there are more

@@ -37,3 +37,36 @@ pub fn row_index(rows: &[usize], device: &Device) -> Tensor<1, Int> {
         device,
     )
 }
+
+/// The runs of consecutive `true` entries of `rows`, as `start..end` index pairs.
+pub(crate) fn row_runs(rows: &[bool]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (b, &r) in rows.iter().chain(std::iter::once(&false)).enumerate() {
+        match (r, start) {
+            (true, None) => start = Some(b),
+            (false, Some(s)) => {
+                runs.push((s, b));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_runs_are_the_consecutive_selected_rows() {
+        assert_eq!(row_runs(&[]), vec![]);
+        assert_eq!(row_runs(&[false, false]), vec![]);
+        assert_eq!(row_runs(&[true, true, true]), vec![(0, 3)]);
+        assert_eq!(
+            row_runs(&[true, false, true, true, false, false, true]),
+            vec![(0, 1), (2, 4), (6, 7)]
+        );
+    }
+}

@@ -12,6 +12,8 @@ mod low_rank;
 mod map;
 #[cfg(feature = "flex")]
 pub(crate) mod pair_kernel;
+#[cfg(feature = "flex")]
+pub(crate) mod residual_kernel;
 mod stats;
 mod tracker;
 pub(crate) use tracker::{row_norms, where_rows};

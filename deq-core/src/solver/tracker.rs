@@ -2,12 +2,29 @@
 //! status and trace.
 use burn::tensor::{Bool, IndexingUpdateOp, Tensor, TensorData};
 
-use super::map::{BatchMap, row_index};
+use super::map::{BatchMap, row_index, row_runs};
 use super::stats::{SampleStats, SolveStatus, SolverStats};
 use super::{StopMode, StopRule};
 
 /// Guards the relative residual against division by zero.
 const REL_EPS: f64 = 1e-12;
+
+/// The residual `g = F(z) − z` of an iterate, with the squared norms the stopping rule reads.
+pub(crate) struct Residual {
+    /// `g`: `[batch, dim]`.
+    pub g: Tensor<2>,
+    /// Per sample `‖g‖²` and `‖F(z)‖²`: `[batch, 2]`.
+    squares: Tensor<2>,
+}
+
+impl Residual {
+    /// The residual of `z` with image `fz` (both `[batch, dim]`), in one pass where the backend
+    /// fuses it (see [`crate::backward::op::residual`]).
+    pub fn of(z: &Tensor<2>, fz: &Tensor<2>) -> Self {
+        let (g, squares) = crate::backward::op::residual(z.clone(), fz.clone());
+        Self { g, squares }
+    }
+}
 
 /// What one observation found, per sample (only samples that were active before it).
 pub(crate) struct Observation {
@@ -15,8 +32,9 @@ pub(crate) struct Observation {
     pub improved: Vec<bool>,
     /// The sample produced a non-finite residual at this iterate.
     pub non_finite: Vec<bool>,
-    /// Per sample, the values of the extra columns passed to [`Tracker::record`], read back in
-    /// the same transfer as the residual norms (`extra[column][sample]`).
+    /// Per sample, the values of the extra columns passed to [`Tracker::record`] (all columns of
+    /// each tensor, in order), read back in the same transfer as the residual norms
+    /// (`extra[column][sample]`).
     pub extra: Vec<Vec<f64>>,
 }
 
@@ -70,9 +88,9 @@ impl Tracker {
     /// Records the initial point `z` and its image `fz` (iteration 0). Returns the residual
     /// `g = fz − z` as evaluated (before non-finite samples are moved back).
     pub fn start(&mut self, z: &mut Tensor<2>, fz: &mut Tensor<2>) -> Tensor<2> {
-        let g = fz.clone() - z.clone();
-        self.record(0, z, fz, &g, &[]);
-        g
+        let residual = Residual::of(z, fz);
+        self.record(0, z, fz, &residual, &[]);
+        residual.g
     }
 
     /// Moves the active samples to `step` (frozen ones stay where they are), evaluates `map`
@@ -85,8 +103,8 @@ impl Tracker {
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
     ) -> Observation {
-        let g = self.step(map, step, z, fz);
-        self.record(iter, z, fz, &g, &[])
+        let residual = self.step(map, step, z, fz);
+        self.record(iter, z, fz, &residual, &[])
     }
 
     /// Moves the active samples to `step` (frozen ones stay where they are) and evaluates `map`
@@ -98,10 +116,10 @@ impl Tracker {
         step: Tensor<2>,
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
-    ) -> Tensor<2> {
+    ) -> Residual {
         *z = where_rows(step, &self.frozen(), z.clone());
         *fz = self.evaluate(map, z, fz);
-        fz.clone() - z.clone()
+        Residual::of(z, fz)
     }
 
     /// `F(z)` after a step: on the active samples only when some have stopped, the tensors are
@@ -124,19 +142,19 @@ impl Tracker {
         }
     }
 
-    /// Records the iterate `z` with image `fz` and residual `g = fz − z` (all `[batch, dim]`) as
+    /// Records the iterate `z` with image `fz` (both `[batch, dim]`) and their `residual` as
     /// iteration `iter`, reading back the residual norms and the `extra` per-sample columns
-    /// (each `[batch, 1]`) in one transfer. Samples that went non-finite are moved back to their
+    /// (each `[batch, k]`) in one transfer. Samples that went non-finite are moved back to their
     /// best iterate (`z`, `fz` updated in place).
     pub fn record(
         &mut self,
         iter: usize,
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
-        g: &Tensor<2>,
+        residual: &Residual,
         extra: &[Tensor<2>],
     ) -> Observation {
-        let obs = self.observe(iter, z, fz, g, extra);
+        let obs = self.observe(iter, z, fz, residual, extra);
         self.recover(z, fz, &obs.non_finite);
         obs
     }
@@ -156,14 +174,13 @@ impl Tracker {
         iter: usize,
         z: &Tensor<2>,
         fz: &Tensor<2>,
-        g: &Tensor<2>,
+        residual: &Residual,
         extra: &[Tensor<2>],
     ) -> Observation {
         self.evaluations += 1;
         let batch = self.active.len();
         let mut columns =
-            read_columns([vec![row_dot(g, g), row_dot(fz, fz)], extra.to_vec()].concat())
-                .into_iter();
+            read_columns([vec![residual.squares.clone()], extra.to_vec()].concat()).into_iter();
         let (g2, f2) = (
             columns.next().unwrap_or_default(),
             columns.next().unwrap_or_default(),
@@ -212,15 +229,12 @@ impl Tracker {
                 self.active[b] = false;
             }
         }
-        if improved.iter().all(|&i| i) {
-            self.best_z = z.clone();
-            self.best_fz = fz.clone();
-        } else if improved.iter().any(|&i| i) {
-            // One mask for both.
-            let mask = rows_mask(&improved, z);
-            self.best_z = self.best_z.clone().mask_where(mask.clone(), z.clone());
-            self.best_fz = self.best_fz.clone().mask_where(mask, fz.clone());
-        }
+        // Moved out, so that in host memory the improved rows are written in place.
+        let empty = || Tensor::empty([0, 0], (&z.device(), z.dtype()));
+        let best_z = std::mem::replace(&mut self.best_z, empty());
+        self.best_z = where_rows(best_z, &improved, z.clone());
+        let best_fz = std::mem::replace(&mut self.best_fz, empty());
+        self.best_fz = where_rows(best_fz, &improved, fz.clone());
         Observation {
             improved,
             non_finite,
@@ -266,10 +280,10 @@ pub(crate) fn row_norms(a: &Tensor<2>, b: &Tensor<2>) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// Reads per-sample columns (each `[batch, 1]`) back to the host in one transfer:
-/// `result[column][sample]`.
+/// Reads per-sample columns (tensors `[batch, k]`, all their columns in order) back to the
+/// host in one transfer: `result[column][sample]`.
 fn read_columns(columns: Vec<Tensor<2>>) -> Vec<Vec<f64>> {
-    let width = columns.len();
+    let width = columns.iter().map(|c| c.dims()[1]).sum::<usize>().max(1);
     let host: Vec<f64> = Tensor::cat(columns, 1).into_data().iter::<f64>().collect();
     (0..width)
         .map(|c| host.chunks(width).map(|row| row[c]).collect())
@@ -288,8 +302,11 @@ pub(crate) fn row_dot(a: &Tensor<2>, b: &Tensor<2>) -> Tensor<2> {
 
 /// `tensor` with the rows where `rows` is true taken from `value` (both `[batch, dim]`).
 ///
-/// No work when no row (or every row) is selected; otherwise one `mask_where` (see
-/// [`rows_mask`] for the mask's layout).
+/// No work when no row (or every row) is selected. In host memory the selected rows are
+/// copied run by run (a run: consecutive selected rows) into `tensor`, in place when it is
+/// not shared: only those rows are read and written. On a GPU, one `mask_where` under a
+/// `[batch, 1]` column of flags broadcast along `dim` (so that `batch` flags cross the bus,
+/// not `batch · dim`, and one kernel runs however many runs there are).
 pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> Tensor<2> {
     if !rows.iter().any(|&r| r) {
         return tensor;
@@ -297,23 +314,19 @@ pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> 
     if rows.iter().all(|&r| r) {
         return value;
     }
-    tensor.mask_where(rows_mask(rows, &value), value)
-}
-
-/// A `[batch, dim]` mask, true on the selected rows. On a CPU backend it is built contiguous
-/// on the host (a broadcast mask takes the CPU backends' slow strided path); on a GPU it is a
-/// `[batch, 1]` column broadcast along `dim`, so that `batch` flags cross the bus instead of
-/// `batch · dim`.
-pub(crate) fn rows_mask(rows: &[bool], like: &Tensor<2>) -> Tensor<2, Bool> {
-    let [batch, dim] = like.dims();
-    let device = like.device();
-    if !crate::device::is_host_memory(&device) {
-        return Tensor::<2, Bool>::from_data(TensorData::new(rows.to_vec(), [batch, 1]), &device)
-            .expand([batch, dim]);
+    let [batch, dim] = value.dims();
+    let device = value.device();
+    if crate::device::is_host_memory(&device) {
+        return row_runs(rows)
+            .into_iter()
+            .fold(tensor, |tensor, (start, end)| {
+                tensor.slice_assign(
+                    [start..end, 0..dim],
+                    value.clone().slice([start..end, 0..dim]),
+                )
+            });
     }
-    let mut mask = vec![false; batch * dim];
-    for (row, _) in mask.chunks_mut(dim).zip(rows).filter(|(_, r)| **r) {
-        row.fill(true);
-    }
-    Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch, dim]), &device)
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(rows.to_vec(), [batch, 1]), &device)
+        .expand([batch, dim]);
+    tensor.mask_where(mask, value)
 }
