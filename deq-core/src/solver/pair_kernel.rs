@@ -306,7 +306,7 @@ mod tests {
                 let (bx, by) = out.split_at_mut(batch * dim);
                 let mut coef = vec![0f32; 2 * live];
                 let mut dots = vec![[f64::NAN; 2]; batch];
-                for b in 0..batch {
+                for (b, found) in dots.iter_mut().enumerate() {
                     let rows = b * dim..(b + 1) * dim;
                     let sample = Sample {
                         u,
@@ -317,7 +317,7 @@ mod tests {
                         x: &x[rows.clone()],
                         y: &y[rows.clone()],
                     };
-                    dots[b] = kernel.run(&sample, &mut coef, &mut bx[rows.clone()], &mut by[rows]);
+                    *found = kernel.run(&sample, &mut coef, &mut bx[rows.clone()], &mut by[rows]);
                 }
                 let mut whole = vec![f32::NAN; 2 * batch * dim];
                 let (wx, wy) = whole.split_at_mut(batch * dim);
