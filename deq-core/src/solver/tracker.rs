@@ -330,3 +330,85 @@ pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> 
         .expand([batch, dim]);
     tensor.mask_where(mask, value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::DType;
+
+    /// The fused residual on flex (`f32`), and the tensor operations (`f64`, autodiff), against
+    /// its definition; an autodiff residual keeps its graph.
+    #[test]
+    fn residual_matches_its_definition_on_every_route() {
+        let (batch, dim) = (3, 45);
+        let device = crate::device::cpu();
+        let values = |k: usize| -> Vec<f64> {
+            (0..batch * dim)
+                .map(|i| ((i * 5 + k * 3) % 13) as f64 / 6.0 - 1.0)
+                .collect()
+        };
+        let (zv, fv) = (values(1), values(2));
+        for (dtype, autodiff) in [(DType::F32, false), (DType::F64, false), (DType::F32, true)] {
+            let t = |values: Vec<f64>| {
+                let t =
+                    Tensor::<2>::from_data(TensorData::new(values, [batch, dim]), (&device, dtype));
+                if autodiff { t.autodiff() } else { t }
+            };
+            let residual = Residual::of(&t(zv.clone()), &t(fv.clone()));
+            let case = format!("{dtype:?}, autodiff {autodiff}");
+            assert_eq!(residual.g.is_autodiff(), autodiff, "{case}");
+            assert_eq!(residual.squares.dims(), [batch, 2], "{case}");
+            let g: Vec<f64> = residual.g.into_data().iter::<f64>().collect();
+            let squares: Vec<f64> = residual.squares.into_data().iter::<f64>().collect();
+            for b in 0..batch {
+                let (mut eg, mut ef) = (0.0, 0.0);
+                for i in b * dim..(b + 1) * dim {
+                    let d = fv[i] - zv[i];
+                    assert!(
+                        (g[i] - d).abs() < 1e-6,
+                        "{case}: g[{i}] {} against {d}",
+                        g[i]
+                    );
+                    eg += d * d;
+                    ef += fv[i] * fv[i];
+                }
+                for (k, expected) in [eg, ef].into_iter().enumerate() {
+                    let got = squares[2 * b + k];
+                    assert!(
+                        (got - expected).abs() < 1e-5 * expected,
+                        "{case}: sample {b} square {k}: {got} against {expected}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Host rows are copied run by run; the unselected rows keep their values, and a tensor
+    /// shared with another handle is not changed through it.
+    #[test]
+    fn where_rows_takes_exactly_the_selected_rows() {
+        let (batch, dim) = (6, 5);
+        let device = crate::device::cpu();
+        let t = |offset: f64| {
+            let values: Vec<f64> = (0..batch * dim).map(|i| i as f64 + offset).collect();
+            Tensor::<2>::from_data(TensorData::new(values, [batch, dim]), &device)
+        };
+        let rows = [true, false, true, true, false, true];
+        let (tensor, value) = (t(0.0), t(1000.0));
+        let kept = tensor.clone();
+        let merged: Vec<f64> = where_rows(tensor, &rows, value)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        for (i, got) in merged.iter().enumerate() {
+            let expected = if rows[i / dim] {
+                i as f64 + 1000.0
+            } else {
+                i as f64
+            };
+            assert_eq!(*got, expected, "entry {i}");
+        }
+        let kept: Vec<f64> = kept.into_data().iter::<f64>().collect();
+        assert!(kept.iter().enumerate().all(|(i, v)| *v == i as f64));
+    }
+}
