@@ -90,7 +90,7 @@ pub(crate) fn low_rank_pair(
         by.len(),
         dots.len()
     );
-    let kernel = Kernel::detect();
+    let (kernel, group) = (Kernel::detect(), group_size(dim));
     type Rows<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
     let one = |coef: &mut Vec<f32>, (b, ((bx, by), dots)): (usize, Rows<'_>)| {
         let rows = b * dim..(b + 1) * dim;
@@ -99,7 +99,7 @@ pub(crate) fn low_rank_pair(
             v,
             b,
             live,
-            group: group_size(dim),
+            group,
             x: &x[rows.clone()],
             y: &y[rows],
         };
