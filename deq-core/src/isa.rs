@@ -1,6 +1,6 @@
 //! The instruction set a host loop is compiled for, chosen at run time.
 //!
-//! The CPU kernels (`solver::pair_kernel`, `backward::direct_conv`) are written for the
+//! The CPU kernels (`solver::product_kernel`, `backward::direct_conv`) are written for the
 //! compiler to vectorise and compiled once per variant under `#[target_feature]`; [`Isa::detect`]
 //! picks the widest one this CPU runs.
 

@@ -34,10 +34,9 @@
 //! ```
 //!
 //! Conventions (see `shine-math.md` in the design notes): Broyden keeps `B ≈ J_g⁻¹` with
-//! `g(z) = f(z) − z`, `B = −I + U Vᵀ` per sample; SHINE applies the *transpose* `Bᵀ`.
-//!
-//! Room for outer-problem awareness (OPA): [`LowRankInverse::push`] accepts extra pairs in any
-//! direction and [`solver::broyden_from`] starts a solve from a given inverse.
+//! `g(z) = f(z) − z`, per sample in product form `B = F_{k−1} ⋯ F₀ (−I)` stored as the steps
+//! ([`StepInverse`]); SHINE applies the *transpose* `Bᵀ`. [`solver::broyden_from`] starts a
+//! solve from a given inverse (SHINE's refine: the forward's, transposed).
 //!
 //! [`bilevel`] holds the bi-level side of SHINE (hyperparameter optimisation): sparse binary
 //! and multinomial logistic regression, L-BFGS with its inverse-Hessian memory exposed,
@@ -66,7 +65,7 @@ pub use function::{
 };
 pub use linearization::Linearization;
 pub use solver::{
-    BatchMap, LowRankInverse, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats,
+    BatchMap, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats, StepInverse,
     StopMode, row_index,
 };
 pub use state::StateShape;

@@ -6,7 +6,7 @@ use super::{BackwardMode, BackwardReport, BackwardStats};
 use crate::function::DeqFunction;
 use crate::linearization::Linearization;
 use crate::solver::{
-    BatchMap, LowRankInverse, SolveStatus, SolverConfig, StopMode, StopRule, broyden_from,
+    BatchMap, SolveStatus, SolverConfig, StepInverse, StopMode, StopRule, broyden_from,
 };
 
 /// Refinement stops early only at this relative adjoint residual.
@@ -17,7 +17,7 @@ pub(crate) struct AdjointPlan<F: DeqFunction> {
     pub f: F,
     pub x: F::Input,
     pub z_star: Tensor<2>,
-    pub inverse: Option<LowRankInverse>,
+    pub inverse: Option<StepInverse>,
     pub forward_status: Vec<SolveStatus>,
     pub mode: BackwardMode,
     pub report: BackwardReport,
@@ -96,7 +96,7 @@ fn compute_adjoint<F: DeqFunction>(
             if *refine == 0 {
                 grad.clone()
             } else {
-                let init = LowRankInverse::identity(&grad, *refine);
+                let init = StepInverse::identity(&grad, *refine);
                 refine_from(
                     &mut adjoint_map,
                     grad.clone(),
@@ -118,7 +118,7 @@ fn compute_adjoint<F: DeqFunction>(
             if *refine == 0 {
                 w0
             } else {
-                let init = inverse.transposed().with_extra_capacity(*refine);
+                let init = StepInverse::over_transposed(inverse, *refine);
                 refine_from(&mut adjoint_map, w0, refine_rule, *refine, init, &mut stats)
             }
         }
@@ -134,7 +134,7 @@ fn refine_from(
     w0: Tensor<2>,
     rule: StopRule,
     iterations: usize,
-    init: LowRankInverse,
+    init: StepInverse,
     stats: &mut BackwardStats,
 ) -> Tensor<2> {
     match broyden_from(map, w0.clone(), rule, iterations, init) {

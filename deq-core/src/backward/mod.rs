@@ -8,7 +8,7 @@ pub(crate) mod direct_conv;
 pub(crate) mod direct_kernel_gradient;
 mod kernel_gradient;
 #[cfg(feature = "flex")]
-mod lanes;
+pub(crate) mod lanes;
 pub mod op;
 mod spec;
 

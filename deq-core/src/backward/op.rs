@@ -3,7 +3,7 @@
 //! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
 //! [`conv2d_same`], a convolution with cheaper gradients (computed on flex by the direct loop of
 //! `direct_conv`), the fused [`batch_norm_train`] (its backward a host loop on flex),
-//! [`low_rank_pair`], the Broyden solver's two products with its inverse estimate and the dot
+//! [`factor_product`], the Broyden solver's product with its inverse estimate and the dot
 //! products of its update, and [`residual`], an iterate's residual with its norms (both fused
 //! on flex).
 //!
@@ -67,7 +67,7 @@ impl std::fmt::Debug for AdjointMap {
 }
 
 /// Backend extension carrying the project's custom ops: the gradient-replacing identity in its
-/// value-replacing form, the fused BatchNorm, [`conv2d_same`], [`low_rank_pair`] and
+/// value-replacing form, the fused BatchNorm, [`conv2d_same`], [`factor_product`] and
 /// [`residual`].
 #[backend_extension(
     Autodiff,
@@ -146,18 +146,17 @@ pub trait DeqOps: Backend {
         None
     }
 
-    /// `(B x, Bᵀ y, dots)` for the per-sample low-rank inverse `B = −I + U Vᵀ` (`u`, `v`:
-    /// `[batch, live, dim]`; `x`, `y`: `[batch, dim]`): the products are `[batch, dim]`,
-    /// `dots` is `[batch, 2]`, per sample `y · (B x)` and `y · y`; see [`low_rank_pair`].
-    /// This body is the batched matrix products; flex overrides it with the fused host loop.
-    fn low_rank_pair(
-        u: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+    /// `(w, dots)` for the product of a Broyden inverse in product form with `x`
+    /// (`[batch, dim]`), its factors' vectors being rows of `steps` (`[batch, slots, dim]`):
+    /// see [`factor_product`]. `None`, the default, where [`factor_product`] runs tensor
+    /// operations instead; flex overrides it with one fused host loop per sample.
+    #[allow(unused_variables)]
+    fn factor_product(
+        steps: FloatTensor<Self>,
         x: FloatTensor<Self>,
-        y: FloatTensor<Self>,
-        shape: LowRankShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        batched_low_rank_pair::<Self>(u, v, x, y, shape)
+        plan: FactorPlan,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        None
     }
 
     /// The residual `g = fz − z` of a fixed-point iterate (`z`, `fz`: `[batch, dim]`) and, per
@@ -200,42 +199,33 @@ fn row_dot<B: Backend>(
     B::float_reshape(B::float_matmul(a, b), Shape::new([batch, 1]))
 }
 
-/// [`DeqOps::low_rank_pair`] as batched matrix products on any backend.
-fn batched_low_rank_pair<B: Backend>(
-    u: FloatTensor<B>,
-    v: FloatTensor<B>,
-    x: FloatTensor<B>,
-    y: FloatTensor<B>,
-    shape: LowRankShape,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let LowRankShape { batch, live, dim } = shape;
-    let product = |a: FloatTensor<B>, c: FloatTensor<B>, x: FloatTensor<B>| {
-        let column = B::float_reshape(x.clone(), Shape::new([batch, dim, 1]));
-        let coef = B::float_reshape(B::float_matmul(c, column), Shape::new([batch, 1, live]));
-        let sum = B::float_reshape(B::float_matmul(coef, a), Shape::new([batch, dim]));
-        B::float_sub(sum, x)
-    };
-    let bx = product(u.clone(), v.clone(), x);
-    let by = product(v, u, y.clone());
-    let dots = B::float_cat(
-        vec![
-            row_dot::<B>(y.clone(), bx.clone(), [batch, dim]),
-            row_dot::<B>(y.clone(), y, [batch, dim]),
-        ],
-        1,
-    );
-    (bx, by, dots)
+/// A product with a Broyden inverse in product form, per sample (see [`factor_product`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FactorPlan {
+    /// Start from `−x` instead of `x`.
+    pub negate: bool,
+    /// One plan per sample.
+    pub samples: Vec<SamplePlan>,
 }
 
-/// The sizes of a [`DeqOps::low_rank_pair`] call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LowRankShape {
-    /// Samples.
-    pub batch: usize,
-    /// Pairs per sample (the live slots of the factors).
-    pub live: usize,
-    /// State size per sample.
-    pub dim: usize,
+/// One sample's factors, in the order they apply, and its newest step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplePlan {
+    /// The factors `I + scale · a dᵀ`, the first applied first.
+    pub factors: Vec<PlanFactor>,
+    /// The slot of the step whose dot products with `w` and itself are wanted.
+    pub newest: Option<usize>,
+}
+
+/// One factor `I + scale · a dᵀ` of a [`SamplePlan`]: `a` and `d` are rows of the sample's steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlanFactor {
+    /// The slot of `d`, the vector of the dot product.
+    pub dot: usize,
+    /// The slot of `a`, the vector added.
+    pub axpy: usize,
+    /// The factor's scale.
+    pub scale: f64,
 }
 
 #[cfg(feature = "flex")]
@@ -392,68 +382,45 @@ impl DeqOps for Flex {
         ))
     }
 
-    /// The fused per-sample loop of `solver::pair_kernel` on the tensors' own memory, for `f32`
-    /// factors whose pairs are rows of one buffer (as `LowRankInverse` stores them); anything
-    /// else takes the batched matrix products.
-    fn low_rank_pair(
-        u: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+    /// The fused per-sample loop of `solver::product_kernel` on the tensors' own memory, for
+    /// `f32` steps whose slots are rows of one buffer (as `StepInverse` stores them); anything
+    /// else takes the tensor operations.
+    fn factor_product(
+        steps: FloatTensor<Self>,
         x: FloatTensor<Self>,
-        y: FloatTensor<Self>,
-        shape: LowRankShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        use crate::solver::pair_kernel::{Factor, PairOutputs, low_rank_pair};
+        plan: FactorPlan,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        use crate::solver::product_kernel::{Steps, factor_product};
         use burn::tensor::{DType, TensorData};
-        let LowRankShape { batch, live, dim } = shape;
-        let f32s = [&u, &v, &x, &y].iter().all(|t| t.dtype() == DType::F32);
-        // Per factor: (offset, sample stride), when each pair is a contiguous row `dim` apart.
-        let rows = |t: &FloatTensor<Self>| {
-            let layout = t.layout();
-            let strides = layout.strides();
-            (strides.len() == 3
-                && strides[2] == 1
-                && (live < 2 || strides[1] == dim as isize)
-                && strides[0] >= 0)
-                .then(|| (layout.start_offset(), strides[0] as usize))
-        };
-        let (Some(u_rows), Some(v_rows), true) = (rows(&u), rows(&v), f32s) else {
-            return batched_low_rank_pair::<Self>(u, v, x, y, shape);
-        };
-        let (x, y) = (x.to_contiguous(), y.to_contiguous());
-        fn factor(
-            t: &FloatTensor<Flex>,
-            (offset, stride): (usize, usize),
-            dim: usize,
-        ) -> Factor<'_> {
-            Factor {
-                data: &t.storage::<f32>()[offset..],
-                sample_stride: stride,
-                slot_stride: dim,
-            }
+        if steps.dtype() != DType::F32 || x.dtype() != DType::F32 {
+            return None;
         }
-        let (mut bx, mut by) = (vec![0f32; batch * dim], vec![0f32; batch * dim]);
+        let layout = steps.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        let (batch, slots, dim) = (shape[0], shape[1], shape[2]);
+        if strides[2] != 1 || (slots > 1 && strides[1] != dim as isize) || strides[0] < 0 {
+            return None;
+        }
+        let (offset, sample_stride) = (layout.start_offset(), strides[0] as usize);
+        let x = x.to_contiguous();
+        let mut w = vec![0f32; batch * dim];
         let mut dots = vec![0f32; 2 * batch];
-        let (xs, ys) = (
-            x.as_slice::<f32>().expect("contiguous"),
-            y.as_slice::<f32>().expect("contiguous"),
-        );
-        low_rank_pair(
-            factor(&u, u_rows, dim),
-            factor(&v, v_rows, dim),
-            live,
-            xs,
-            ys,
-            dim,
-            PairOutputs {
-                bx: &mut bx,
-                by: &mut by,
-                dots: &mut dots,
+        factor_product(
+            Steps {
+                data: &steps.storage::<f32>()[offset..],
+                sample_stride,
+                slot_stride: dim,
             },
+            x.as_slice::<f32>().expect("contiguous"),
+            dim,
+            &plan,
+            &mut w,
+            &mut dots,
         );
         let tensor = |values: Vec<f32>, width: usize| {
             FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
         };
-        (tensor(bx, dim), tensor(by, dim), tensor(dots, 2))
+        Some((tensor(w, dim), tensor(dots, 2)))
     }
 
     /// The fused loop of `solver::residual_kernel` for `f32` tensors.
@@ -889,38 +856,107 @@ pub fn batch_norm_train(
     (value, statistics.0, statistics.1)
 }
 
-/// `(B x, Bᵀ y, dots)` for the per-sample low-rank inverse `B = −I + U Vᵀ`, with `u`, `v`:
-/// `[batch, live, dim]` (the live pairs) and `x`, `y`: `[batch, dim]`; `dots` (`[batch, 2]`)
-/// holds per sample `y · (B x)` and `y · y`, the dot products of Broyden's secant update.
+/// The product of a Broyden inverse in product form with `x` (`[batch, dim]`), per sample:
+/// `w = ±x` (`−x` when `plan.negate`), then for each factor `I + κ a dᵀ` of the sample's plan in
+/// turn `w ← w + κ (d · w) a`, where `a` and `d` are rows (slots) of the sample's `steps`
+/// (`[batch, slots, dim]`). Returns `w` and `dots` (`[batch, 2]`): per sample `y · w` and
+/// `y · y` for the step `y` in slot `newest` (zeros where the plan names none).
 ///
-/// On flex, with `f32` factors whose pairs are rows of one buffer, one fused loop per sample
-/// reads each factor once from memory (see `solver::pair_kernel`); elsewhere, and on autodiff
-/// tensors (which keep their graph), the batched matrix products.
-pub fn low_rank_pair(
-    u: Tensor<3>,
-    v: Tensor<3>,
-    x: Tensor<2>,
-    y: Tensor<2>,
-) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
-    let [batch, live, dim] = u.dims();
-    let autodiff = u.is_autodiff() || v.is_autodiff() || x.is_autodiff() || y.is_autodiff();
-    let (u, v, x, y) = if autodiff {
-        (u.autodiff(), v.autodiff(), x.autodiff(), y.autodiff())
-    } else {
-        (u, v, x, y)
-    };
-    let (bx, by, dots) = <Dispatch as DeqOps>::low_rank_pair(
-        u.into_dispatch(),
-        v.into_dispatch(),
-        x.into_dispatch(),
-        y.into_dispatch(),
-        LowRankShape { batch, live, dim },
+/// On flex, with `f32` steps, one fused loop per sample reads each step once from memory (see
+/// `solver::product_kernel`); elsewhere, and on autodiff tensors (which keep their graph), one
+/// gather, dot product and update per factor.
+///
+/// # Panics
+/// When the plan has another number of samples than `x`, or names a slot outside `steps`.
+pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: &FactorPlan) -> (Tensor<2>, Tensor<2>) {
+    let [batch, slots, _] = steps.dims();
+    assert_eq!(
+        plan.samples.len(),
+        batch,
+        "factor_product: one plan per sample"
     );
-    (
-        Tensor::from_dispatch(bx),
-        Tensor::from_dispatch(by),
-        Tensor::from_dispatch(dots),
-    )
+    let named = plan.samples.iter().flat_map(|s| {
+        s.factors
+            .iter()
+            .flat_map(|f| [f.dot, f.axpy])
+            .chain(s.newest)
+    });
+    assert!(
+        named.into_iter().all(|slot| slot < slots),
+        "factor_product: a plan names a slot outside {slots}"
+    );
+    if !(steps.is_autodiff() || x.is_autodiff()) {
+        let found = <Dispatch as DeqOps>::factor_product(
+            steps.clone().into_dispatch(),
+            x.clone().into_dispatch(),
+            plan.clone(),
+        );
+        if let Some((w, dots)) = found {
+            return (Tensor::from_dispatch(w), Tensor::from_dispatch(dots));
+        }
+    }
+    gathered_factor_product(steps, x, plan)
+}
+
+/// [`factor_product`] as tensor operations on any backend: per factor depth, the samples'
+/// vectors gathered into `[batch, dim]` rows, one batched dot product and one update (the
+/// samples with fewer factors keep their rows).
+fn gathered_factor_product(
+    steps: Tensor<3>,
+    x: Tensor<2>,
+    plan: &FactorPlan,
+) -> (Tensor<2>, Tensor<2>) {
+    use crate::solver::{row_dot, row_index, where_rows};
+    use burn::tensor::TensorData;
+    let [batch, slots, dim] = steps.dims();
+    let (device, dtype) = (x.device(), x.dtype());
+    let flat = steps.reshape([batch * slots, dim]);
+    let rows = |slot: &dyn Fn(&SamplePlan) -> Option<usize>| {
+        let index: Vec<usize> = plan
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(b, s)| b * slots + slot(s).unwrap_or(0))
+            .collect();
+        flat.clone().select(0, row_index(&index, &device))
+    };
+    let column = |values: Vec<f64>| {
+        Tensor::<2>::from_data(TensorData::new(values, [batch, 1]), (&device, dtype))
+    };
+    let mut w = if plan.negate { x.neg() } else { x };
+    let depth = plan
+        .samples
+        .iter()
+        .map(|s| s.factors.len())
+        .max()
+        .unwrap_or(0);
+    for i in 0..depth {
+        let factor = |s: &SamplePlan| s.factors.get(i).copied();
+        let present: Vec<bool> = plan.samples.iter().map(|s| factor(s).is_some()).collect();
+        let d = rows(&|s| factor(s).map(|f| f.dot));
+        let a = rows(&|s| factor(s).map(|f| f.axpy));
+        let scale = column(
+            plan.samples
+                .iter()
+                .map(|s| factor(s).map_or(0.0, |f| f.scale))
+                .collect(),
+        );
+        let updated = w.clone() + a * (row_dot(&d, &w) * scale);
+        w = if present.iter().all(|&p| p) {
+            updated
+        } else {
+            where_rows(w, &present, updated)
+        };
+    }
+    let named: Vec<bool> = plan.samples.iter().map(|s| s.newest.is_some()).collect();
+    let y = rows(&|s| s.newest);
+    let dots = Tensor::cat(vec![row_dot(&y, &w), row_dot(&y, &y)], 1);
+    let dots = if named.iter().all(|&n| n) {
+        dots
+    } else {
+        where_rows(Tensor::zeros([batch, 2], (&device, dtype)), &named, dots)
+    };
+    (w, dots)
 }
 
 /// The residual `g = fz − z` of fixed-point iterates `z` and their images `fz` (`[batch, dim]`

@@ -8,23 +8,23 @@
 mod anderson;
 mod broyden;
 mod fixed_point;
-mod low_rank;
 mod map;
 #[cfg(feature = "flex")]
-pub(crate) mod pair_kernel;
+pub(crate) mod product_kernel;
 #[cfg(feature = "flex")]
 pub(crate) mod residual_kernel;
 mod stats;
+mod step_inverse;
 mod tracker;
-pub(crate) use tracker::{row_norms, where_rows};
+pub(crate) use tracker::{row_dot, row_norms, where_rows};
 
 use burn::config::Config;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-pub use low_rank::LowRankInverse;
 pub use map::{BatchMap, row_index};
 pub use stats::{SampleStats, SolveStatus, SolverStats};
+pub use step_inverse::StepInverse;
 
 use crate::error::{DeqError, check_nonzero, check_positive, check_unit_interval};
 
@@ -186,7 +186,7 @@ pub struct SolveResult {
     /// Per-sample statistics.
     pub stats: SolverStats,
     /// For Broyden: per sample, the inverse estimate current at the returned iterate.
-    pub inverse: Option<LowRankInverse>,
+    pub inverse: Option<StepInverse>,
 }
 
 impl SolverConfig {
@@ -267,8 +267,8 @@ impl SolverConfig {
                 }
             }
             SolverKind::Broyden { memory } => {
-                // At most `max_iter` pairs are pushed: a larger ring would only hold zeros.
-                let init = LowRankInverse::identity(&z0, memory.min(max_iter));
+                // At most `max_iter` factors are made: a larger ring would only hold zeros.
+                let init = StepInverse::identity(&z0, memory.min(max_iter));
                 let (tracker, inverse) = broyden::broyden(map, z0, fz0, rule, max_iter, init);
                 let (z, stats) = tracker.finish();
                 SolveResult {
@@ -289,7 +289,7 @@ pub fn broyden_from(
     z0: Tensor<2>,
     rule: StopRule,
     max_iter: usize,
-    init: LowRankInverse,
+    init: StepInverse,
 ) -> Result<SolveResult, DeqError> {
     let fz0 = first_evaluation(map, &z0)?;
     let (tracker, inverse) = broyden::broyden(map, z0, fz0, rule, max_iter, init);

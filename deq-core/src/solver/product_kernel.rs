@@ -1,0 +1,356 @@
+//! The product of a Broyden inverse in product form with one vector per sample, fused on host
+//! memory (`f32`): `w = ±x`, then each factor `I + κ a dᵀ` in turn, `w ← w + κ (d · w) a`, and
+//! the two dot products of the secant update with the sample's newest step `y`, `y · w` and
+//! `y · y`.
+//!
+//! The factors of a Broyden solve chain: the vector `a` one factor adds is the vector `d` the
+//! next one takes its dot product with (both are steps, see `step_inverse`). So one sweep over
+//! `a` adds it to `w` and takes the next factor's dot product with the updated `w`: every step
+//! is read from memory once, while `w` (one row) stays in the core's own cache. Where the chain
+//! breaks (a skipped update) the dot product takes a sweep of its own. The samples run in
+//! parallel on Rayon's pool (the one Burn's CPU backend uses).
+//!
+//! The loops run on explicit vectors ([`Lanes`]: AVX-512, AVX2 + FMA, or a portable array; the
+//! CPU picks one at run time), with the partial sums in registers and summed in `f64` block by
+//! block.
+use rayon::prelude::*;
+
+use crate::backward::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::backward::lanes::x86;
+use crate::backward::op::{FactorPlan, SamplePlan};
+use crate::isa::Isa as Kernel;
+
+/// Entries per block: the partial sums go to `f64` once per block.
+const BLOCK: usize = 512;
+
+/// The steps of every sample: `data[b * sample_stride + j * slot_stride + i]` is entry `i` of
+/// slot `j` of sample `b`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Steps<'a> {
+    /// The storage the strides index into.
+    pub data: &'a [f32],
+    /// Distance between two samples.
+    pub sample_stride: usize,
+    /// Distance between two slots of one sample.
+    pub slot_stride: usize,
+}
+
+impl Steps<'_> {
+    fn row(&self, sample: usize, slot: usize, dim: usize) -> &[f32] {
+        let start = sample * self.sample_stride + slot * self.slot_stride;
+        &self.data[start..start + dim]
+    }
+}
+
+/// Writes `w` (row-major `[batch, dim]`), per sample the product of `plan` with its row of `x`,
+/// and `dots` (`[batch, 2]`), per sample `y · w` and `y · y` for its newest step `y` (zeros
+/// where the plan names none).
+///
+/// # Panics
+/// When a slice is shorter than the shapes say, or the plan has another number of samples.
+pub(crate) fn factor_product(
+    steps: Steps<'_>,
+    x: &[f32],
+    dim: usize,
+    plan: &FactorPlan,
+    w: &mut [f32],
+    dots: &mut [f32],
+) {
+    let batch = plan.samples.len();
+    assert!(
+        x.len() == batch * dim && w.len() == batch * dim && dots.len() == 2 * batch,
+        "factor_product: x {} / w {} / dots {} for batch {batch} × dim {dim}",
+        x.len(),
+        w.len(),
+        dots.len()
+    );
+    if dim == 0 {
+        dots.fill(0.0);
+        return;
+    }
+    let kernel = Kernel::detect();
+    let one = |(b, (w, dots)): (usize, (&mut [f32], &mut [f32]))| {
+        let sample = Sample {
+            steps,
+            b,
+            x: &x[b * dim..(b + 1) * dim],
+            plan: &plan.samples[b],
+            negate: plan.negate,
+        };
+        let found = kernel.run(&sample, w);
+        dots[0] = found[0] as f32;
+        dots[1] = found[1] as f32;
+    };
+    if rayon::current_num_threads() <= 1 {
+        // One job on the pool's thread, where Burn's own operations run.
+        rayon::scope(|_| {
+            w.chunks_mut(dim)
+                .zip(dots.chunks_mut(2))
+                .enumerate()
+                .for_each(one)
+        });
+    } else {
+        w.par_chunks_mut(dim)
+            .zip(dots.par_chunks_mut(2))
+            .enumerate()
+            .for_each(one);
+    }
+}
+
+/// One sample's inputs.
+struct Sample<'a> {
+    steps: Steps<'a>,
+    b: usize,
+    x: &'a [f32],
+    plan: &'a SamplePlan,
+    negate: bool,
+}
+
+impl Kernel {
+    fn run(self, s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+        match self {
+            // SAFETY: `detect` chose these only where the CPU has the features they are
+            // compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => unsafe { sample_avx512(s, w) },
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma => unsafe { sample_avx2_fma(s, w) },
+            Self::Portable => sample::<[f32; 4]>(s, w),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn sample_avx512(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+    sample::<x86::Avx512>(s, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sample_avx2_fma(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+    sample::<x86::Avx2>(s, w)
+}
+
+/// One sample: `w = ±x` (with the first factor's dot product), then one sweep per factor (with
+/// the next factor's dot product when the chain continues), then `[y · w, y · y]` (from the
+/// last sweep when it was over `y`).
+#[inline(always)]
+fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+    let dim = s.x.len();
+    let row = |slot: usize| s.steps.row(s.b, slot, dim);
+    let factors = &s.plan.factors;
+    let sign = if s.negate { -1.0 } else { 1.0 };
+    for (o, xi) in w.iter_mut().zip(s.x) {
+        *o = sign * xi;
+    }
+    let mut next = factors.first().map(|f| dot::<L>(row(f.dot), w));
+    let mut last = None;
+    for (i, f) in factors.iter().enumerate() {
+        let d = match next.take() {
+            Some(d) => d,
+            None => dot::<L>(row(f.dot), w),
+        };
+        let (aw, aa) = axpy_dots::<L>(w, row(f.axpy), (f.scale * d) as f32);
+        if factors.get(i + 1).is_some_and(|n| n.dot == f.axpy) {
+            next = Some(aw);
+        }
+        last = (i + 1 == factors.len() && s.plan.newest == Some(f.axpy)).then_some([aw, aa]);
+    }
+    match (s.plan.newest, last) {
+        (Some(_), Some(found)) => found,
+        (Some(y), None) => {
+            let y = row(y);
+            [dot::<L>(y, w), dot::<L>(y, y)]
+        }
+        (None, _) => [0.0; 2],
+    }
+}
+
+/// The sum of a vector's lanes.
+#[inline(always)]
+fn lane_sum<L: Lanes>(v: L) -> f32 {
+    let mut lanes = [0f32; 16];
+    v.store(&mut lanes);
+    lanes[..L::WIDTH].iter().sum()
+}
+
+/// `a · b`: four vectors of partial sums, summed in `f64` per [`BLOCK`].
+#[inline(always)]
+fn dot<L: Lanes>(a: &[f32], b: &[f32]) -> f64 {
+    let (n, one) = (L::WIDTH, L::splat(1.0));
+    let mut total = 0f64;
+    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let mut s = [L::zero(); 4];
+        let whole = a.len() / (4 * n) * (4 * n);
+        for i in (0..whole).step_by(4 * n) {
+            for (k, s) in s.iter_mut().enumerate() {
+                let at = i + k * n;
+                *s = L::load(&a[at..]).madd(L::load(&b[at..]), *s);
+            }
+        }
+        let sum = s[0].madd(one, s[1]).madd(one, s[2].madd(one, s[3]));
+        let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(a, b)| a * b).sum();
+        total += (lane_sum(sum) + tail) as f64;
+    }
+    total
+}
+
+/// `w ← w + c a`, returning `(a · w, a · a)` with the updated `w`, in one sweep: two vectors of
+/// partial sums each, summed in `f64` per [`BLOCK`].
+#[inline(always)]
+fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], scalar: f32) -> (f64, f64) {
+    let (n, one, c) = (L::WIDTH, L::splat(1.0), L::splat(scalar));
+    let (mut aw, mut aa) = (0f64, 0f64);
+    for (w, a) in w.chunks_mut(BLOCK).zip(a.chunks(BLOCK)) {
+        let (mut s, mut t) = ([L::zero(); 2], [L::zero(); 2]);
+        let whole = a.len() / (2 * n) * (2 * n);
+        for i in (0..whole).step_by(2 * n) {
+            for k in 0..2 {
+                let at = i + k * n;
+                let ak = L::load(&a[at..]);
+                let wk = ak.madd(c, L::load(&w[at..]));
+                wk.store(&mut w[at..]);
+                s[k] = ak.madd(wk, s[k]);
+                t[k] = ak.madd(ak, t[k]);
+            }
+        }
+        let (mut s, mut t) = (
+            lane_sum(s[0].madd(one, s[1])),
+            lane_sum(t[0].madd(one, t[1])),
+        );
+        for i in whole..a.len() {
+            w[i] += scalar * a[i];
+            s += a[i] * w[i];
+            t += a[i] * a[i];
+        }
+        aw += s as f64;
+        aa += t as f64;
+    }
+    (aw, aa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backward::op::PlanFactor;
+    use crate::isa::test_value as value;
+
+    /// One sample's product in f64, straight from the definition.
+    fn reference(
+        rows: &[Vec<f64>],
+        x: &[f64],
+        plan: &SamplePlan,
+        negate: bool,
+    ) -> (Vec<f64>, [f64; 2]) {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+        let mut w: Vec<f64> = x.iter().map(|v| if negate { -v } else { *v }).collect();
+        for f in &plan.factors {
+            let c = f.scale * dot(&rows[f.dot], &w);
+            for (o, a) in w.iter_mut().zip(&rows[f.axpy]) {
+                *o += c * a;
+            }
+        }
+        let dots = plan
+            .newest
+            .map_or([0.0; 2], |y| [dot(&rows[y], &w), dot(&rows[y], &rows[y])]);
+        (w, dots)
+    }
+
+    /// Every kernel this CPU runs, on a ring of 5 slots with `dim` not a multiple of the lanes
+    /// or the block: a chain that wraps around the ring and ends at the newest step (the last
+    /// sweep gives the dots), a chain broken by a skipped update with the newest step after it
+    /// (a sweep of its own), no factors, and no newest step; from `x` and from `−x`.
+    #[test]
+    fn every_kernel_matches_the_definition() {
+        let (slots, dim) = (5, 2 * BLOCK + 32 + 7);
+        let factor = |dot, axpy, scale| PlanFactor { dot, axpy, scale };
+        let plans = [
+            SamplePlan {
+                factors: vec![factor(3, 4, 0.7), factor(4, 0, -1.3), factor(0, 1, 0.4)],
+                newest: Some(1),
+            },
+            SamplePlan {
+                factors: vec![factor(0, 1, 0.9), factor(2, 3, 0.5)],
+                newest: Some(4),
+            },
+            SamplePlan {
+                factors: vec![],
+                newest: Some(2),
+            },
+            SamplePlan {
+                factors: vec![factor(1, 2, 1.1)],
+                newest: None,
+            },
+        ];
+        let batch = plans.len();
+        let data: Vec<f32> = (0..batch * slots * dim)
+            .map(|i| value(1, i) * 0.1)
+            .collect();
+        let x: Vec<f32> = (0..batch * dim).map(|i| value(2, i)).collect();
+        let steps = Steps {
+            data: &data,
+            sample_stride: slots * dim,
+            slot_stride: dim,
+        };
+        for negate in [true, false] {
+            let plan = FactorPlan {
+                negate,
+                samples: plans.to_vec(),
+            };
+            for &kernel in &Kernel::supported() {
+                let mut w = vec![f32::NAN; batch * dim];
+                let mut dots = vec![[f64::NAN; 2]; batch];
+                for (b, found) in dots.iter_mut().enumerate() {
+                    let sample = Sample {
+                        steps,
+                        b,
+                        x: &x[b * dim..(b + 1) * dim],
+                        plan: &plan.samples[b],
+                        negate,
+                    };
+                    *found = kernel.run(&sample, &mut w[b * dim..(b + 1) * dim]);
+                }
+                let mut whole = vec![f32::NAN; batch * dim];
+                let mut whole_dots = vec![f32::NAN; 2 * batch];
+                factor_product(steps, &x, dim, &plan, &mut whole, &mut whole_dots);
+                for b in 0..batch {
+                    let f64s = |s: &[f32]| s.iter().map(|&v| v as f64).collect::<Vec<_>>();
+                    let rows: Vec<Vec<f64>> =
+                        (0..slots).map(|j| f64s(steps.row(b, j, dim))).collect();
+                    let (ew, ed) = reference(
+                        &rows,
+                        &f64s(&x[b * dim..(b + 1) * dim]),
+                        &plan.samples[b],
+                        negate,
+                    );
+                    let got = [
+                        dots[b],
+                        [whole_dots[2 * b] as f64, whole_dots[2 * b + 1] as f64],
+                    ];
+                    for (name, got) in [("kernel", got[0]), ("factor_product", got[1])] {
+                        for k in 0..2 {
+                            assert!(
+                                (got[k] - ed[k]).abs() < 1e-4 * (1.0 + ed[k].abs()),
+                                "{name} {kernel:?}, sample {b}, negate {negate}, dot {k}: {} against {}",
+                                got[k],
+                                ed[k]
+                            );
+                        }
+                    }
+                    for (name, got) in [("kernel", &w), ("factor_product", &whole)] {
+                        for i in 0..dim {
+                            let g = got[b * dim + i] as f64;
+                            assert!(
+                                (g - ew[i]).abs() < 1e-3 * (1.0 + ew[i].abs()),
+                                "{name} {kernel:?}, sample {b}, negate {negate}, entry {i}: {g} against {}",
+                                ew[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,831 @@
+//! The per-sample limited-memory Broyden inverse in product form, stored as its steps.
+use burn::tensor::Tensor;
+
+use super::map::{row_index, row_runs};
+use super::tracker::where_rows;
+use crate::backward::op::{FactorPlan, PlanFactor, SamplePlan, factor_product};
+
+/// Per-sample inverse-Jacobian estimate `B ≈ J_g⁻¹` of limited-memory ("good") Broyden (see
+/// `shine-math.md`) in product form, stored as the solver's steps: Kelley's representation
+/// ("Iterative Methods for Linear and Nonlinear Equations", SIAM 1995, §7.3).
+///
+/// With the full step `Δzₖ = −Bₖ gₖ`, the update `Bₖ₊₁ = Bₖ + uₖ vₖᵀ` (`vₖ = Bₖᵀ Δzₖ`,
+/// `uₖ = (Δzₖ − Bₖ Δgₖ) / (vₖᵀ Δgₖ)`) is `Bₖ₊₁ = (I + uₖ Δzₖᵀ) Bₖ`, and `uₖ = Δzₖ₊₁ / ‖Δzₖ‖²`:
+/// the next step. So `B = F_{k−1} ⋯ F₀ B₀` with `Fⱼ = I + sⱼ₊₁ sⱼᵀ / ‖sⱼ‖²`, where the `sⱼ` are
+/// the steps (stored negated, `bⱼ = −Δzⱼ = Bⱼ gⱼ`, which leaves each factor unchanged), and
+/// `B₀ = −I` (or the transpose of another inverse, for SHINE's refine). A product `B x` reads
+/// each step once (`k + 1` vectors, against `2k` for `−I + U Vᵀ`), and `Bᵀ y` is the same
+/// factors in the reverse order, transposed.
+///
+/// The steps live in a ring of `memory + 1` slots per sample, `[batch, memory + 1, dim]`. Each
+/// sample has its own write position and fill level (from the per-slot push stamps), so samples
+/// that stopped early keep their matrix while others go on. A factor exists between two steps
+/// with consecutive stamps when the later one came from a written update (a skipped update, a
+/// restart or the first step starts a new chain). Overwriting the oldest step drops the oldest
+/// factor: the matrix becomes the product of the factors left, the limited-memory
+/// approximation of this form.
+#[derive(Clone, Debug)]
+pub struct StepInverse {
+    steps: Tensor<3>,
+    /// Per (sample, slot): the sample's push count when the slot was written (0: empty).
+    stamp: Vec<u64>,
+    /// Per (sample, slot): the step came from a written secant update of the step before it.
+    secant: Vec<bool>,
+    /// Per (sample, slot): `‖b‖²` of the step, once known (NaN before).
+    norm: Vec<f64>,
+    /// Per sample: number of steps pushed so far (restarts add one, so chains never join).
+    pushes: Vec<u64>,
+    /// Per sample: push count of the matrix marked best ([`StepInverse::mark_best`]).
+    best: Vec<u64>,
+    /// Steps of best matrices that later pushes or restarts overwrote, to be put back by
+    /// [`StepInverse::into_best`].
+    evicted: Vec<Evicted>,
+    /// `B₀ = baseᵀ` when set; `B₀ = −I` otherwise.
+    base: Option<Box<StepInverse>>,
+}
+
+/// One slot column saved before being overwritten: the rows of the samples whose best matrix
+/// still contains the step in it, with the slot's bookkeeping.
+#[derive(Clone, Debug)]
+struct Evicted {
+    slot: usize,
+    /// Per sample: its saved step is still needed (cleared when it marks a new best).
+    rows: Vec<bool>,
+    /// Per sample: the slot's stamp, secant flag and norm when saved.
+    meta: Vec<(u64, bool, f64)>,
+    /// The samples saved, in order: row `k` of `data` belongs to `saved[k]`.
+    saved: Vec<usize>,
+    /// `[saved.len(), dim]`: only the saved samples' rows.
+    data: Tensor<2>,
+}
+
+impl Evicted {
+    fn save(inverse: &StepInverse, slot: usize, rows: Vec<bool>) -> Self {
+        let (batch, slots) = (inverse.pushes.len(), inverse.slots());
+        Self {
+            slot,
+            meta: (0..batch)
+                .map(|b| {
+                    let k = b * slots + slot;
+                    (inverse.stamp[k], inverse.secant[k], inverse.norm[k])
+                })
+                .collect(),
+            saved: (0..batch).filter(|&b| rows[b]).collect(),
+            data: copy_rows(&inverse.steps, slot, &rows),
+            rows,
+        }
+    }
+
+    /// Keeps only the rows still needed once they are half of those stored or fewer (a copy
+    /// of those rows; amortised, every row is copied at most as often as the count halves).
+    fn compact(&mut self) {
+        let needed: Vec<usize> = (0..self.saved.len())
+            .filter(|&k| self.rows[self.saved[k]])
+            .collect();
+        if 2 * needed.len() > self.saved.len() {
+            return;
+        }
+        self.data = take_rows(self.data.clone(), &needed);
+        self.saved = needed.iter().map(|&k| self.saved[k]).collect();
+    }
+
+    /// The saved rows spread back to `[batch, dim]` (rows of unsaved samples hold another
+    /// sample's values; only the rows in `self.rows` are meant to be read).
+    fn spread(&self, batch: usize) -> Tensor<2> {
+        let mut index = vec![0; batch];
+        for (k, &b) in self.saved.iter().enumerate() {
+            index[b] = k;
+        }
+        take_rows(self.data.clone(), &index)
+    }
+}
+
+impl StepInverse {
+    /// `B = −I` for every sample, with room for `memory` factors (`memory + 1` steps); dtype
+    /// and device follow `like` (`[batch, dim]`).
+    pub fn identity(like: &Tensor<2>, memory: usize) -> Self {
+        let [batch, dim] = like.dims();
+        let slots = memory + 1;
+        Self {
+            steps: Tensor::zeros([batch, slots, dim], (&like.device(), like.dtype())),
+            stamp: vec![0; batch * slots],
+            secant: vec![false; batch * slots],
+            norm: vec![f64::NAN; batch * slots],
+            pushes: vec![0; batch],
+            best: vec![0; batch],
+            evicted: Vec::new(),
+            base: None,
+        }
+    }
+
+    /// `B = Aᵀ` for every sample, with room for `memory` factors on top: the start of a solve
+    /// of the transposed problem (SHINE's refine starts the adjoint solve from the forward
+    /// matrices, transposed).
+    pub fn over_transposed(inverse: StepInverse, memory: usize) -> Self {
+        let [batch, _, dim] = inverse.steps.dims();
+        let like = Tensor::<2>::empty(
+            [batch, dim],
+            (&inverse.steps.device(), inverse.steps.dtype()),
+        );
+        Self {
+            base: Some(Box::new(inverse)),
+            ..Self::identity(&like, memory)
+        }
+    }
+
+    /// Number of factors each sample can hold.
+    pub fn memory(&self) -> usize {
+        self.slots() - 1
+    }
+
+    fn slots(&self) -> usize {
+        self.steps.dims()[1]
+    }
+
+    /// Number of factors currently in `sample`'s matrix (those of `B₀` not counted).
+    pub fn rank(&self, sample: usize) -> usize {
+        self.chain(sample).len()
+    }
+
+    /// Number of steps pushed so far for `sample` (overwritten ones included; a restart counts
+    /// one more).
+    pub fn push_count(&self, sample: usize) -> u64 {
+        self.pushes[sample]
+    }
+
+    /// `sample`'s live slots, oldest step first.
+    fn order(&self, sample: usize) -> Vec<usize> {
+        let slots = self.slots();
+        let stamps = &self.stamp[sample * slots..(sample + 1) * slots];
+        let mut live: Vec<usize> = (0..slots).filter(|&j| stamps[j] > 0).collect();
+        live.sort_unstable_by_key(|&j| stamps[j]);
+        live
+    }
+
+    /// `sample`'s factors `I + bⱼ₊₁ bⱼᵀ / ‖bⱼ‖²`, oldest first (the order of `B x`).
+    fn chain(&self, sample: usize) -> Vec<PlanFactor> {
+        let slots = self.slots();
+        let at = |j: usize| sample * slots + j;
+        self.order(sample)
+            .windows(2)
+            .filter(|p| {
+                let (older, newer) = (at(p[0]), at(p[1]));
+                self.stamp[newer] == self.stamp[older] + 1 && self.secant[newer]
+            })
+            .map(|p| PlanFactor {
+                dot: p[0],
+                axpy: p[1],
+                scale: 1.0 / self.norm[at(p[0])],
+            })
+            .collect()
+    }
+
+    /// The slot of `sample`'s newest step, if any.
+    fn newest(&self, sample: usize) -> Option<usize> {
+        self.order(sample).last().copied()
+    }
+
+    /// The plan of the factors' product: `B x` (`transposed` false, the product without `B₀`)
+    /// or `Bᵀ y` (the reversed product of the transposed factors), with `−I` folded in as the
+    /// sign when there is no base.
+    fn plan(&self, transposed: bool, newest: bool) -> FactorPlan {
+        let samples = (0..self.pushes.len())
+            .map(|b| {
+                let mut factors = self.chain(b);
+                if transposed {
+                    factors.reverse();
+                    for f in &mut factors {
+                        std::mem::swap(&mut f.dot, &mut f.axpy);
+                    }
+                }
+                SamplePlan {
+                    factors,
+                    newest: if newest { self.newest(b) } else { None },
+                }
+            })
+            .collect();
+        FactorPlan {
+            negate: self.base.is_none(),
+            samples,
+        }
+    }
+
+    /// `B x` per sample. `x`: `[batch, dim]`.
+    pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        self.apply_with_dots(x).0
+    }
+
+    /// `B x` per sample (`x`: `[batch, dim]`) and, per sample, `y · (B x)` and `y · y` for its
+    /// newest step `y` (`[batch, 2]`; zeros for a sample without steps): the products and the
+    /// dot products of one Broyden iteration, one read of each step (see
+    /// [`crate::backward::op::factor_product`]).
+    pub fn apply_with_dots(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let x = match &self.base {
+            Some(base) => base.apply_transposed(x),
+            None => x,
+        };
+        factor_product(self.steps.clone(), x, &self.plan(false, true))
+    }
+
+    /// `Bᵀ x` per sample: what SHINE needs. `x`: `[batch, dim]`.
+    pub fn apply_transposed(&self, x: Tensor<2>) -> Tensor<2> {
+        let (w, _) = factor_product(self.steps.clone(), x, &self.plan(true, false));
+        match &self.base {
+            Some(base) => base.apply(w),
+            None => w,
+        }
+    }
+
+    /// `B₀ x`, the product with the matrix a restart returns to.
+    pub fn apply_initial(&self, x: Tensor<2>) -> Tensor<2> {
+        match &self.base {
+            Some(base) => base.apply_transposed(x),
+            None => x.neg(),
+        }
+    }
+
+    /// Appends the step `b` (`[batch, dim]`, the negated step `B g`) for the samples where
+    /// `rows` is true, overwriting that sample's oldest step when its ring is full; `secant`
+    /// (per sample) says it came from a written secant update of the step before it. Then
+    /// [`mark_best`](Self::mark_best) for the samples where `now_best` is true (cheaper than the
+    /// two calls: the steps those samples' previous best matrix loses are not saved).
+    ///
+    /// Cost O(batch · dim) per distinct write position (samples that started together share
+    /// one): the ring is updated in place where the backend allows it.
+    pub fn push_as_best(
+        &mut self,
+        b: Tensor<2>,
+        rows: &[bool],
+        secant: &[bool],
+        now_best: &[bool],
+    ) {
+        let (batch, slots) = (self.pushes.len(), self.slots());
+        assert!(
+            rows.len() == batch && secant.len() == batch && now_best.len() == batch,
+            "one flag per sample"
+        );
+        if rows.iter().any(|&r| r) {
+            let next: Vec<usize> = (0..batch)
+                .map(|s| self.newest(s).map_or(0, |j| (j + 1) % slots))
+                .collect();
+            let mut targets: Vec<usize> =
+                (0..batch).filter(|&s| rows[s]).map(|s| next[s]).collect();
+            targets.sort_unstable();
+            targets.dedup();
+            for slot in targets {
+                let selected: Vec<bool> = (0..batch).map(|s| rows[s] && next[s] == slot).collect();
+                // Save the steps that a best matrix still needs before overwriting them.
+                let keep: Vec<bool> = (0..batch)
+                    .map(|s| selected[s] && !now_best[s] && self.needed_by_best(s, slot))
+                    .collect();
+                if keep.iter().any(|&k| k) {
+                    self.evicted.push(Evicted::save(self, slot, keep));
+                }
+                let steps = self.take_steps();
+                self.steps = write_column(steps, slot, &selected, &b);
+            }
+            for s in (0..batch).filter(|&s| rows[s]) {
+                self.pushes[s] += 1;
+                let k = s * slots + next[s];
+                self.stamp[k] = self.pushes[s];
+                self.secant[k] = secant[s];
+                self.norm[k] = f64::NAN;
+            }
+        }
+        self.mark_best(now_best);
+    }
+
+    /// Records `‖b‖²` of the newest step for the samples where `rows` is true (`norms`: one per
+    /// sample): the factor that starts at that step needs it.
+    pub fn set_newest_norms(&mut self, norms: &[f64], rows: &[bool]) {
+        let slots = self.slots();
+        for s in (0..self.pushes.len()).filter(|&s| rows[s]) {
+            if let Some(j) = self.newest(s) {
+                self.norm[s * slots + j] = norms[s];
+            }
+        }
+    }
+
+    /// The step in `slot` of `sample` belongs to its best matrix.
+    fn needed_by_best(&self, sample: usize, slot: usize) -> bool {
+        let stamp = self.stamp[sample * self.slots() + slot];
+        stamp > 0 && stamp <= self.best[sample]
+    }
+
+    /// Sets `B = B₀` for the samples where `rows` is true (their steps are forgotten), keeping
+    /// the matrix they last marked best restorable by [`into_best`](Self::into_best).
+    pub fn reset(&mut self, rows: &[bool]) {
+        let (batch, slots) = (self.pushes.len(), self.slots());
+        assert_eq!(rows.len(), batch, "one reset flag per sample");
+        for slot in 0..slots {
+            let keep: Vec<bool> = (0..batch)
+                .map(|s| rows[s] && self.needed_by_best(s, slot))
+                .collect();
+            if keep.iter().any(|&k| k) {
+                self.evicted.push(Evicted::save(self, slot, keep));
+            }
+        }
+        for s in (0..batch).filter(|&s| rows[s]) {
+            self.stamp[s * slots..(s + 1) * slots].fill(0);
+            self.pushes[s] += 1;
+        }
+    }
+
+    /// Marks, for the samples where `samples` is true, the current matrix as the best one:
+    /// [`StepInverse::into_best`] will return it for them.
+    ///
+    /// Saved steps that no best matrix needs any more are dropped: a saved column goes when
+    /// none of its rows is needed, and it is copied down to the rows still needed once they
+    /// are half of it or fewer.
+    pub fn mark_best(&mut self, samples: &[bool]) {
+        if !samples.iter().any(|&m| m) {
+            return;
+        }
+        for (s, &mark) in samples.iter().enumerate() {
+            if mark {
+                self.best[s] = self.pushes[s];
+                for e in &mut self.evicted {
+                    e.rows[s] = false;
+                }
+            }
+        }
+        self.evicted.retain(|e| e.rows.iter().any(|&r| r));
+        for e in &mut self.evicted {
+            e.compact();
+        }
+    }
+
+    /// Per sample, the matrix as it was when last marked best: the steps pushed since are
+    /// forgotten and the steps they overwrote are put back (O(batch · dim) per affected slot).
+    pub fn into_best(mut self) -> Self {
+        let (batch, slots) = (self.pushes.len(), self.slots());
+        for s in 0..batch {
+            for j in 0..slots {
+                if self.stamp[s * slots + j] > self.best[s] {
+                    self.stamp[s * slots + j] = 0;
+                }
+            }
+            self.pushes[s] = self.best[s];
+        }
+        // Between two marks a (sample, slot) is saved at most once: once overwritten, the slot
+        // holds a step newer than the best matrix, which is never saved. So no entries collide.
+        for e in std::mem::take(&mut self.evicted) {
+            let steps = self.take_steps();
+            self.steps = write_column(steps, e.slot, &e.rows, &e.spread(batch));
+            for s in (0..batch).filter(|&s| e.rows[s]) {
+                let k = s * slots + e.slot;
+                (self.stamp[k], self.secant[k], self.norm[k]) = e.meta[s];
+            }
+        }
+        self
+    }
+
+    /// Moves the ring out (to update it in place where the backend allows it).
+    fn take_steps(&mut self) -> Tensor<3> {
+        let empty = Tensor::empty([0, 0, 0], (&self.steps.device(), self.steps.dtype()));
+        std::mem::replace(&mut self.steps, empty)
+    }
+
+    /// Detaches the steps from any autodiff graph (they are plain tensors after a normal solve).
+    pub fn without_autodiff(self) -> Self {
+        Self {
+            steps: self.steps.detach().without_autodiff(),
+            evicted: self
+                .evicted
+                .into_iter()
+                .map(|e| Evicted {
+                    data: e.data.detach().without_autodiff(),
+                    ..e
+                })
+                .collect(),
+            base: self.base.map(|b| Box::new(b.without_autodiff())),
+            ..self
+        }
+    }
+
+    /// The dense matrix `B` of one sample, row-major `dim × dim` (for tests and diagnostics;
+    /// O(dim²) memory, O(rank · dim²) time).
+    pub fn dense(&self, sample: usize) -> Vec<f64> {
+        let [_, _, dim] = self.steps.dims();
+        let mut m = match &self.base {
+            Some(base) => {
+                let b = base.dense(sample);
+                (0..dim * dim)
+                    .map(|k| b[(k % dim) * dim + k / dim])
+                    .collect()
+            }
+            None => {
+                let mut m = vec![0.0; dim * dim];
+                for i in 0..dim {
+                    m[i * dim + i] = -1.0;
+                }
+                m
+            }
+        };
+        let rows: Vec<f64> = self
+            .steps
+            .clone()
+            .narrow(0, sample, 1)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        let row = |j: usize| &rows[j * dim..(j + 1) * dim];
+        for f in self.chain(sample) {
+            // (I + κ a dᵀ) M = M + κ a (dᵀ M).
+            let (a, d) = (row(f.axpy), row(f.dot));
+            let t: Vec<f64> = (0..dim)
+                .map(|c| (0..dim).map(|r| d[r] * m[r * dim + c]).sum())
+                .collect();
+            for r in 0..dim {
+                for c in 0..dim {
+                    m[r * dim + c] += f.scale * a[r] * t[c];
+                }
+            }
+        }
+        m
+    }
+}
+
+/// Most row runs [`write_column`] writes one by one; more go through one masked column.
+const MAX_RUNS: usize = 4;
+
+/// `buf` (`[batch, capacity, dim]`) with the rows of column `slot` where `rows` is true taken
+/// from `value` (`[batch, dim]`), in place where the backend allows it.
+///
+/// The selected rows are written run by run (a run: consecutive selected rows) when there are
+/// at most [`MAX_RUNS`] runs: the column is never read. Otherwise the old column is read
+/// (a strided view, copied) and merged with `value` under a row mask.
+fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -> Tensor<3> {
+    let [batch, _, dim] = buf.dims();
+    let runs = row_runs(rows);
+    if runs.len() <= MAX_RUNS {
+        return runs.into_iter().fold(buf, |buf, (start, end)| {
+            buf.slice_assign(
+                [start..end, slot..slot + 1, 0..dim],
+                value
+                    .clone()
+                    .narrow(0, start, end - start)
+                    .reshape([end - start, 1, dim]),
+            )
+        });
+    }
+    // A new tensor from the old column, so that `buf` is uniquely owned again when it is written.
+    let column = where_rows(
+        buf.clone().narrow(1, slot, 1).reshape([batch, dim]),
+        rows,
+        value.clone(),
+    );
+    buf.slice_assign(
+        [0..batch, slot..slot + 1, 0..dim],
+        column.reshape([batch, 1, dim]),
+    )
+}
+
+/// The selected rows of slot column `slot` of `buf` (`[batch, capacity, dim]`), in order, as a
+/// fresh `[k, dim]` tensor. Only those rows are read, run by run (a `select` on the strided
+/// slot column would first copy all of it), and the result never shares `buf`'s memory, so
+/// `buf` stays uniquely owned for its in-place writes.
+fn copy_rows(buf: &Tensor<3>, slot: usize, rows: &[bool]) -> Tensor<2> {
+    let dim = buf.dims()[2];
+    let run = |(start, end): (usize, usize)| {
+        buf.clone()
+            .slice([start..end, slot..slot + 1, 0..dim])
+            .reshape([end - start, dim])
+    };
+    let runs = row_runs(rows);
+    match runs.as_slice() {
+        // One run may be a view of `buf` (a single row is contiguous): select it into a copy.
+        [(start, end)] => take_rows(run((*start, *end)), &(0..end - start).collect::<Vec<_>>()),
+        _ => Tensor::cat(runs.into_iter().map(run).collect(), 0),
+    }
+}
+
+/// A fresh tensor whose entry `k` along the first axis is entry `rows[k]` of `tensor` (a
+/// `[batch, ...]` tensor or a strided view of one). Always allocates (never a view of
+/// `tensor`), so the source buffer stays uniquely owned.
+fn take_rows<const D: usize>(tensor: Tensor<D>, rows: &[usize]) -> Tensor<D> {
+    let index = row_index(rows, &tensor.device());
+    tensor.select(0, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, TensorData};
+
+    fn t(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(values, shape),
+            (&crate::device::cpu(), DType::F32),
+        )
+    }
+
+    fn host(t: Tensor<2>) -> Vec<f64> {
+        t.into_data().iter::<f64>().collect()
+    }
+
+    fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+        let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        let norm: f64 = b.iter().map(|y| y * y).sum();
+        (diff / norm.max(1e-300)).sqrt()
+    }
+
+    fn matvec(m: &[f64], x: &[f64]) -> Vec<f64> {
+        let n = x.len();
+        (0..n)
+            .map(|r| (0..n).map(|c| m[r * n + c] * x[c]).sum())
+            .collect()
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// A deterministic pseudo-random vector.
+    fn vector(seed: usize, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| (((seed * 7919 + i * 104729) % 1013) as f64 / 1013.0 - 0.5) * 2.0)
+            .collect()
+    }
+
+    /// `(I + b₁b₀ᵀ/‖b₀‖²) ⋯ (−I)` over consecutive steps whose later one has `secant` set.
+    fn product_of(steps: &[Vec<f64>], secant: &[bool], n: usize) -> Vec<f64> {
+        let mut m = vec![0.0; n * n];
+        for i in 0..n {
+            m[i * n + i] = -1.0;
+        }
+        for j in 1..steps.len() {
+            if !secant[j] {
+                continue;
+            }
+            let (a, d) = (&steps[j], &steps[j - 1]);
+            let scale = 1.0 / dot(d, d);
+            let t: Vec<f64> = (0..n)
+                .map(|c| (0..n).map(|r| d[r] * m[r * n + c]).sum())
+                .collect();
+            for r in 0..n {
+                for c in 0..n {
+                    m[r * n + c] += scale * a[r] * t[c];
+                }
+            }
+        }
+        m
+    }
+
+    /// The product form is Broyden's update: driven through the solver's sequence of products
+    /// and pushes, with arbitrary residuals, it holds the matrix of the additive update
+    /// `B⁺ = B + u vᵀ` (`v = Bᵀ Δz`, `u = (Δz − B Δg) / (vᵀ Δg)`), computed densely in f64, and
+    /// its products, transposed products and dot products agree with that matrix. On flex `f32`
+    /// (the fused kernel) and `f64` (the tensor operations).
+    #[test]
+    fn the_product_form_is_the_broyden_update() {
+        let (batch, n, updates) = (2, 6, 5);
+        for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+            let tensor = |rows: &[Vec<f64>]| {
+                Tensor::<2>::from_data(
+                    TensorData::new(rows.concat(), [batch, n]),
+                    (&crate::device::cpu(), dtype),
+                )
+            };
+            let mut dense: Vec<Vec<f64>> = (0..batch)
+                .map(|_| {
+                    let mut m = vec![0.0; n * n];
+                    (0..n).for_each(|i| m[i * n + i] = -1.0);
+                    m
+                })
+                .collect();
+            let mut inverse = StepInverse::identity(&tensor(&vec![vec![0.0; n]; batch]), updates);
+            let mut g: Vec<Vec<f64>> = (0..batch).map(|b| vector(b, n)).collect();
+            let mut bg: Vec<Vec<f64>> = (0..batch).map(|b| matvec(&dense[b], &g[b])).collect();
+            let all = vec![true; batch];
+            inverse.push_as_best(tensor(&bg), &all, &[false; 2], &all);
+            for k in 1..=updates {
+                let g_new: Vec<Vec<f64>> = (0..batch).map(|b| vector(10 * k + b, n)).collect();
+                let (w, dots) = inverse.apply_with_dots(tensor(&g_new));
+                let (w, dots) = (host(w), host(dots));
+                let mut norms = vec![0.0; batch];
+                let mut scales = vec![0.0; batch];
+                for b in 0..batch {
+                    let expected = matvec(&dense[b], &g_new[b]);
+                    let found = &w[b * n..(b + 1) * n];
+                    assert!(rel_err(found, &expected) < tol, "{dtype:?} update {k}: B g");
+                    let (y_w, y_y) = (dot(&bg[b], &expected), dot(&bg[b], &bg[b]));
+                    assert!((dots[2 * b] - y_w).abs() < tol * (1.0 + y_w.abs()));
+                    assert!((dots[2 * b + 1] - y_y).abs() < tol * (1.0 + y_y));
+                    norms[b] = y_y;
+                    scales[b] = y_y / (y_y - y_w);
+                    // The additive update, from its definition.
+                    let dz: Vec<f64> = bg[b].iter().map(|v| -v).collect();
+                    let dg: Vec<f64> = g_new[b].iter().zip(&g[b]).map(|(a, c)| a - c).collect();
+                    let m = &dense[b];
+                    let v: Vec<f64> = (0..n)
+                        .map(|c| (0..n).map(|r| m[r * n + c] * dz[r]).sum())
+                        .collect();
+                    let b_dg = matvec(m, &dg);
+                    let denom = dot(&v, &dg);
+                    let u: Vec<f64> = dz.iter().zip(&b_dg).map(|(a, c)| (a - c) / denom).collect();
+                    for r in 0..n {
+                        for c in 0..n {
+                            dense[b][r * n + c] += u[r] * v[c];
+                        }
+                    }
+                }
+                inverse.set_newest_norms(&norms, &all);
+                let next: Vec<Vec<f64>> = (0..batch)
+                    .map(|b| {
+                        w[b * n..(b + 1) * n]
+                            .iter()
+                            .map(|v| v * scales[b])
+                            .collect()
+                    })
+                    .collect();
+                inverse.push_as_best(tensor(&next), &all, &all, &all);
+                g = g_new;
+                bg = (0..batch).map(|b| matvec(&dense[b], &g[b])).collect();
+                for b in 0..batch {
+                    assert!(
+                        rel_err(&next[b], &bg[b]) < tol,
+                        "{dtype:?} update {k}: next step"
+                    );
+                    assert!(
+                        rel_err(&inverse.dense(b), &dense[b]) < tol,
+                        "{dtype:?} update {k}: B"
+                    );
+                    assert_eq!(inverse.rank(b), k);
+                }
+            }
+            let x: Vec<Vec<f64>> = (0..batch).map(|b| vector(99 + b, n)).collect();
+            let bt = host(inverse.apply_transposed(tensor(&x)));
+            for b in 0..batch {
+                let m = &dense[b];
+                let expected: Vec<f64> = (0..n)
+                    .map(|c| (0..n).map(|r| m[r * n + c] * x[b][r]).sum())
+                    .collect();
+                assert!(
+                    rel_err(&bt[b * n..(b + 1) * n], &expected) < tol,
+                    "{dtype:?}: Bᵀ x"
+                );
+            }
+        }
+    }
+
+    /// Pushes `k` steps of sample-specific vectors (secant flags per step), setting each
+    /// previous step's norm first as the solver does. Returns the steps pushed per sample.
+    fn push_steps(
+        inverse: &mut StepInverse,
+        seeds: std::ops::Range<usize>,
+        rows: &[bool],
+        best: &dyn Fn(usize) -> bool,
+        n: usize,
+    ) -> Vec<Vec<Vec<f64>>> {
+        let batch = rows.len();
+        let mut pushed = vec![Vec::new(); batch];
+        for k in seeds {
+            let steps: Vec<Vec<f64>> = (0..batch).map(|b| vector(100 * b + k, n)).collect();
+            let norms: Vec<f64> = (0..batch)
+                .map(|b| {
+                    let prev = vector(100 * b + k.max(1) - 1, n);
+                    dot(&prev, &prev)
+                })
+                .collect();
+            inverse.set_newest_norms(&norms, rows);
+            let now_best = vec![best(k); batch];
+            inverse.push_as_best(
+                t(steps.concat(), [batch, n]),
+                rows,
+                &vec![k % 4 != 3; batch],
+                &now_best,
+            );
+            for b in 0..batch {
+                if rows[b] {
+                    pushed[b].push(steps[b].clone());
+                }
+            }
+        }
+        pushed
+    }
+
+    /// A full ring drops the oldest factor (the product of the factors left), a skipped update
+    /// breaks the chain, and `into_best` gives back the matrix marked best, with the steps
+    /// overwritten since put back, per sample.
+    #[test]
+    fn the_ring_keeps_the_newest_steps_and_into_best_restores_the_best() {
+        let (batch, n, memory) = (2, 4, 3);
+        let mut inverse = StepInverse::identity(&t(vec![0.0; batch * n], [batch, n]), memory);
+        // Steps 0..9 for sample 0, 0..5 for sample 1; both mark best at step 5.
+        let rows = [true, true];
+        let pushed = push_steps(&mut inverse, 0..6, &rows, &|k| k == 5, n);
+        let flags = |from: usize, to: usize| -> Vec<bool> {
+            (from..to).map(|k| k != 0 && k % 4 != 3).collect()
+        };
+        let at_best: Vec<Vec<f64>> = (0..batch)
+            .map(|b| product_of(&pushed[b][2..6], &flags(2, 6)[..], n))
+            .collect();
+        for b in 0..batch {
+            assert!(
+                rel_err(&inverse.dense(b), &at_best[b]) < 1e-5,
+                "sample {b}: last 4 steps"
+            );
+        }
+        // Chain 2→3 is broken (step 3 skipped its update): factors 3→4? 4 % 4 = 0 → secant; 4→5.
+        assert_eq!(inverse.rank(0), 2);
+        let later = push_steps(&mut inverse, 6..10, &[true, false], &|_| false, n);
+        let newest = [&pushed[0][..], &later[0][..]].concat();
+        assert!(
+            rel_err(
+                &inverse.dense(0),
+                &product_of(&newest[6..10], &flags(6, 10), n)
+            ) < 1e-5
+        );
+        assert!(
+            rel_err(&inverse.dense(1), &at_best[1]) < 1e-5,
+            "sample 1 untouched"
+        );
+        let best = inverse.clone().into_best();
+        for b in 0..batch {
+            assert!(
+                rel_err(&best.dense(b), &at_best[b]) < 1e-5,
+                "sample {b}: best restored"
+            );
+        }
+        // A restart forgets the steps; the best stays restorable.
+        let mut restarted = inverse;
+        restarted.reset(&[true, false]);
+        assert_eq!(restarted.rank(0), 0);
+        let minus_identity: Vec<f64> = (0..n * n)
+            .map(|k| if k % (n + 1) == 0 { -1.0 } else { 0.0 })
+            .collect();
+        assert!(rel_err(&restarted.dense(0), &minus_identity) < 1e-12);
+        push_steps(&mut restarted, 20..23, &[true, false], &|_| false, n);
+        let best = restarted.into_best();
+        for b in 0..batch {
+            assert!(
+                rel_err(&best.dense(b), &at_best[b]) < 1e-5,
+                "sample {b}: best after restart"
+            );
+        }
+    }
+
+    /// Over a base: `B = F ⋯ F Aᵀ`, and `Bᵀ` its transpose.
+    #[test]
+    fn over_transposed_starts_from_the_transpose() {
+        let (batch, n) = (2, 5);
+        let mut a = StepInverse::identity(&t(vec![0.0; batch * n], [batch, n]), 4);
+        push_steps(&mut a, 0..4, &[true, true], &|_| false, n);
+        let mut b = StepInverse::over_transposed(a.clone(), 2);
+        assert_eq!(b.memory(), 2);
+        push_steps(&mut b, 40..43, &[true, true], &|_| false, n);
+        for s in 0..batch {
+            let (da, db) = (a.dense(s), b.dense(s));
+            assert!(a.rank(s) > 0 && b.rank(s) > 0);
+            let x = vector(7 + s, n);
+            let found = host(b.apply(t([x.clone(), x.clone()].concat(), [batch, n])));
+            assert!(rel_err(&found[s * n..(s + 1) * n], &matvec(&db, &x)) < 1e-5);
+            let found = host(b.apply_transposed(t([x.clone(), x.clone()].concat(), [batch, n])));
+            let transposed: Vec<f64> = (0..n * n).map(|k| db[(k % n) * n + k / n]).collect();
+            assert!(rel_err(&found[s * n..(s + 1) * n], &matvec(&transposed, &x)) < 1e-5);
+            // With no factors of its own, B is Aᵀ.
+            let fresh = StepInverse::over_transposed(a.clone(), 2).dense(s);
+            let at: Vec<f64> = (0..n * n).map(|k| da[(k % n) * n + k / n]).collect();
+            assert!(rel_err(&fresh, &at) < 1e-12);
+        }
+    }
+
+    /// Both ways of writing a column (run by run, and through a row mask once there are more
+    /// than `MAX_RUNS` runs) write exactly the selected rows of that column.
+    #[test]
+    fn write_column_writes_the_selected_rows_only() {
+        let (batch, capacity, dim) = (10, 3, 4);
+        let old: Vec<f64> = (0..batch * capacity * dim).map(|k| k as f64).collect();
+        let value: Vec<f64> = (0..batch * dim).map(|k| -1.0 - k as f64).collect();
+        let few = [
+            false, true, true, false, false, false, false, true, false, false,
+        ];
+        let many = [
+            true, false, true, false, true, false, true, false, true, false,
+        ];
+        assert!(row_runs(&few).len() <= MAX_RUNS && row_runs(&many).len() > MAX_RUNS);
+        for rows in [few, many, [true; 10]] {
+            let buf = Tensor::<3>::from_data(
+                TensorData::new(old.clone(), [batch, capacity, dim]),
+                (&crate::device::cpu(), DType::F32),
+            );
+            let slot = 1;
+            let written = write_column(buf, slot, &rows, &t(value.clone(), [batch, dim]));
+            let got: Vec<f64> = written.into_data().iter::<f64>().collect();
+            for b in 0..batch {
+                for j in 0..capacity {
+                    for i in 0..dim {
+                        let k = (b * capacity + j) * dim + i;
+                        let expected = if j == slot && rows[b] {
+                            value[b * dim + i]
+                        } else {
+                            old[k]
+                        };
+                        assert_eq!(got[k], expected, "row {b}, slot {j}, rows {rows:?}");
+                    }
+                }
+            }
+        }
+    }
+}
