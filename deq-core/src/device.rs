@@ -16,6 +16,18 @@ pub fn cpu() -> Device {
     Device::default()
 }
 
+/// Whether `device` is flex's (an autodiff device answers for the device it wraps): the
+/// backend of the project's fused host loops.
+pub(crate) fn is_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    return *device == Device::flex();
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Whether `device` runs its kernels on the CPU from host memory (flex, ndarray; an autodiff
 /// device answers for the device it wraps). The solvers read large factors in cache-sized
 /// chunks there; on a GPU (or any cubecl runtime) every chunk is only more kernel launches.

@@ -383,8 +383,9 @@ impl DeqOps for Flex {
     }
 
     /// The fused per-sample loop of `solver::product_kernel` on the tensors' own memory, for
-    /// `f32` steps whose slots are rows of one buffer (as `StepInverse` stores them); anything
-    /// else takes the tensor operations.
+    /// `f32`: in place in `x`'s buffer when `x` is contiguous and not shared (otherwise in a
+    /// copy), reading the steps where they are (a copy first if their slots are not rows of
+    /// one buffer).
     fn factor_product(
         steps: FloatTensor<Self>,
         x: FloatTensor<Self>,
@@ -395,15 +396,23 @@ impl DeqOps for Flex {
         if steps.dtype() != DType::F32 || x.dtype() != DType::F32 {
             return None;
         }
-        let layout = steps.layout();
-        let (shape, strides) = (layout.shape(), layout.strides());
-        let (batch, slots, dim) = (shape[0], shape[1], shape[2]);
-        if strides[2] != 1 || (slots > 1 && strides[1] != dim as isize) || strides[0] < 0 {
-            return None;
-        }
-        let (offset, sample_stride) = (layout.start_offset(), strides[0] as usize);
-        let x = x.to_contiguous();
-        let mut w = vec![0f32; batch * dim];
+        let rows = |t: &FloatTensor<Self>| {
+            let (shape, strides) = (t.layout().shape(), t.layout().strides());
+            strides[2] == 1 && (shape[1] < 2 || strides[1] == shape[2] as isize) && strides[0] >= 0
+        };
+        let steps = if rows(&steps) {
+            steps
+        } else {
+            steps.to_contiguous()
+        };
+        let [batch, _, dim] = [0, 1, 2].map(|k| steps.layout().shape()[k]);
+        let sample_stride = steps.layout().strides()[0] as usize;
+        let offset = steps.layout().start_offset();
+        let mut w = if x.is_contiguous() && x.layout().start_offset() == 0 && x.is_unique() {
+            x
+        } else {
+            x.to_contiguous()
+        };
         let mut dots = vec![0f32; 2 * batch];
         factor_product(
             Steps {
@@ -411,16 +420,13 @@ impl DeqOps for Flex {
                 sample_stride,
                 slot_stride: dim,
             },
-            x.as_slice::<f32>().expect("contiguous"),
+            &mut w.storage_mut::<f32>()[..batch * dim],
             dim,
             &plan,
-            &mut w,
             &mut dots,
         );
-        let tensor = |values: Vec<f32>, width: usize| {
-            FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
-        };
-        Some((tensor(w, dim), tensor(dots, 2)))
+        let dots = FloatTensor::<Self>::from_data(TensorData::new(dots, [batch, 2]));
+        Some((w, dots))
     }
 
     /// The fused loop of `solver::residual_kernel` for `f32` tensors.
@@ -885,17 +891,34 @@ pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: &FactorPlan) -> (Ten
         named.into_iter().all(|slot| slot < slots),
         "factor_product: a plan names a slot outside {slots}"
     );
-    if !(steps.is_autodiff() || x.is_autodiff()) {
+    if on_flex_f32(&steps, &x) {
+        // Flex runs its fused loop for every f32 input: `x` is handed over (not shared), so
+        // that the product can be written in its buffer.
         let found = <Dispatch as DeqOps>::factor_product(
             steps.clone().into_dispatch(),
-            x.clone().into_dispatch(),
+            x.into_dispatch(),
             plan.clone(),
         );
-        if let Some((w, dots)) = found {
-            return (Tensor::from_dispatch(w), Tensor::from_dispatch(dots));
-        }
+        let (w, dots) = found.expect("flex computes factor_product for f32 tensors");
+        return (Tensor::from_dispatch(w), Tensor::from_dispatch(dots));
     }
     gathered_factor_product(steps, x, plan)
+}
+
+/// Both tensors are `f32` on flex without autodiff: [`DeqOps::factor_product`]'s fused route.
+fn on_flex_f32(steps: &Tensor<3>, x: &Tensor<2>) -> bool {
+    use burn::tensor::DType;
+    #[cfg(feature = "flex")]
+    {
+        let plain = !(steps.is_autodiff() || x.is_autodiff());
+        let f32s = steps.dtype() == DType::F32 && x.dtype() == DType::F32;
+        plain && f32s && crate::device::is_flex(&x.device())
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (steps, x, DType::F32);
+        false
+    }
 }
 
 /// [`factor_product`] as tensor operations on any backend: per factor depth, the samples'

@@ -68,8 +68,9 @@ pub(crate) fn broyden(
         // B g⁺ with the current B, and the dot products (B g)·(B g⁺) and (B g)·(B g): `bg` is
         // each moving sample's newest step. The rows of samples that just went non-finite are
         // NaN; they stay in their own rows and are never stored.
-        let (bg_new, dots) = inverse.apply_with_dots(residual.g.clone());
-        let obs = tracker.record(iter, &mut z, &mut fz, &residual, &[dots]);
+        // `g⁺` is handed over, so that on flex the product is written in its buffer.
+        let (bg_new, dots) = inverse.apply_with_dots(residual.g);
+        let obs = tracker.record(iter, &mut z, &mut fz, &residual.squares, &[dots]);
         // Δz·(B g⁺) = −(B g)·(B g⁺); ‖Δz‖² = ‖B g‖².
         let (minus_v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
         inverse.set_newest_norms(dz_dz, &moving);

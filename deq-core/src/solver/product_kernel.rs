@@ -43,25 +43,24 @@ impl Steps<'_> {
     }
 }
 
-/// Writes `w` (row-major `[batch, dim]`), per sample the product of `plan` with its row of `x`,
-/// and `dots` (`[batch, 2]`), per sample `y · w` and `y · y` for its newest step `y` (zeros
-/// where the plan names none).
+/// Replaces each row of `w` (row-major `[batch, dim]`, holding `x` on entry) by the product of
+/// `plan` with it, and writes `dots` (`[batch, 2]`), per sample `y · w` and `y · y` for its
+/// newest step `y` (zeros where the plan names none). In place: the caller's buffer (often
+/// `x`'s own) is the output.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say, or the plan has another number of samples.
 pub(crate) fn factor_product(
     steps: Steps<'_>,
-    x: &[f32],
+    w: &mut [f32],
     dim: usize,
     plan: &FactorPlan,
-    w: &mut [f32],
     dots: &mut [f32],
 ) {
     let batch = plan.samples.len();
     assert!(
-        x.len() == batch * dim && w.len() == batch * dim && dots.len() == 2 * batch,
-        "factor_product: x {} / w {} / dots {} for batch {batch} × dim {dim}",
-        x.len(),
+        w.len() == batch * dim && dots.len() == 2 * batch,
+        "factor_product: w {} / dots {} for batch {batch} × dim {dim}",
         w.len(),
         dots.len()
     );
@@ -74,7 +73,6 @@ pub(crate) fn factor_product(
         let sample = Sample {
             steps,
             b,
-            x: &x[b * dim..(b + 1) * dim],
             plan: &plan.samples[b],
             negate: plan.negate,
         };
@@ -102,7 +100,6 @@ pub(crate) fn factor_product(
 struct Sample<'a> {
     steps: Steps<'a>,
     b: usize,
-    x: &'a [f32],
     plan: &'a SamplePlan,
     negate: bool,
 }
@@ -133,30 +130,35 @@ unsafe fn sample_avx2_fma(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
     sample::<x86::Avx2>(s, w)
 }
 
-/// One sample: `w = ±x` (with the first factor's dot product), then one sweep per factor (with
-/// the next factor's dot product when the chain continues), then `[y · w, y · y]` (from the
-/// last sweep when it was over `y`).
+/// One sample, in place (`w` holds `x` on entry): the first factor's dot product, then one
+/// sweep per factor (with the next factor's dot product when the chain continues; the last
+/// sweep also applies the sign), then `[y · w, y · y]` (from the last sweep when it was over
+/// `y`). Without factors, one sweep applies the sign and takes the dot products.
 #[inline(always)]
 fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
-    let dim = s.x.len();
+    let dim = w.len();
     let row = |slot: usize| s.steps.row(s.b, slot, dim);
     let factors = &s.plan.factors;
     let sign = if s.negate { -1.0 } else { 1.0 };
-    for (o, xi) in w.iter_mut().zip(s.x) {
-        *o = sign * xi;
+    if factors.is_empty() {
+        let y = s.plan.newest.map(row);
+        let found = scale_dots::<L>(w, sign, y);
+        return if y.is_some() { found } else { [0.0; 2] };
     }
-    let mut next = factors.first().map(|f| dot::<L>(row(f.dot), w));
+    let mut next = Some(dot::<L>(row(factors[0].dot), w));
     let mut last = None;
     for (i, f) in factors.iter().enumerate() {
         let d = match next.take() {
             Some(d) => d,
             None => dot::<L>(row(f.dot), w),
         };
-        let (aw, aa) = axpy_dots::<L>(w, row(f.axpy), (f.scale * d) as f32);
+        let final_sweep = i + 1 == factors.len();
+        let sign = if final_sweep { sign } else { 1.0 };
+        let (aw, aa) = axpy_dots::<L>(w, row(f.axpy), (f.scale * d) as f32, sign);
         if factors.get(i + 1).is_some_and(|n| n.dot == f.axpy) {
             next = Some(aw);
         }
-        last = (i + 1 == factors.len() && s.plan.newest == Some(f.axpy)).then_some([aw, aa]);
+        last = (final_sweep && s.plan.newest == Some(f.axpy)).then_some([aw, aa]);
     }
     match (s.plan.newest, last) {
         (Some(_), Some(found)) => found,
@@ -165,6 +167,22 @@ fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
             [dot::<L>(y, w), dot::<L>(y, y)]
         }
         (None, _) => [0.0; 2],
+    }
+}
+
+/// `w ← sign · w`, returning `(y · w, y · y)` with the new `w` when `y` is given.
+#[inline(always)]
+fn scale_dots<L: Lanes>(w: &mut [f32], sign: f32, y: Option<&[f32]>) -> [f64; 2] {
+    if sign != 1.0 {
+        for v in w.iter_mut() {
+            *v *= sign;
+        }
+    }
+    // A `match`, not a closure: a closure would not get this function's target features, and
+    // the vector intrinsics inside would not be inlined.
+    match y {
+        Some(y) => [dot::<L>(y, w), dot::<L>(y, y)],
+        None => [0.0; 2],
     }
 }
 
@@ -197,11 +215,12 @@ fn dot<L: Lanes>(a: &[f32], b: &[f32]) -> f64 {
     total
 }
 
-/// `w ← w + c a`, returning `(a · w, a · a)` with the updated `w`, in one sweep: two vectors of
-/// partial sums each, summed in `f64` per [`BLOCK`].
+/// `w ← sign · (w + c a)`, returning `(a · w, a · a)` with the updated `w`, in one sweep: two
+/// vectors of partial sums each, summed in `f64` per [`BLOCK`].
 #[inline(always)]
-fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], scalar: f32) -> (f64, f64) {
-    let (n, one, c) = (L::WIDTH, L::splat(1.0), L::splat(scalar));
+fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], c: f32, sign: f32) -> (f64, f64) {
+    let (n, one) = (L::WIDTH, L::splat(1.0));
+    let (sc, sg, zero) = (L::splat(sign * c), L::splat(sign), L::zero());
     let (mut aw, mut aa) = (0f64, 0f64);
     for (w, a) in w.chunks_mut(BLOCK).zip(a.chunks(BLOCK)) {
         let (mut s, mut t) = ([L::zero(); 2], [L::zero(); 2]);
@@ -210,7 +229,7 @@ fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], scalar: f32) -> (f64, f64) {
             for k in 0..2 {
                 let at = i + k * n;
                 let ak = L::load(&a[at..]);
-                let wk = ak.madd(c, L::load(&w[at..]));
+                let wk = ak.madd(sc, L::load(&w[at..]).madd(sg, zero));
                 wk.store(&mut w[at..]);
                 s[k] = ak.madd(wk, s[k]);
                 t[k] = ak.madd(ak, t[k]);
@@ -221,7 +240,7 @@ fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], scalar: f32) -> (f64, f64) {
             lane_sum(t[0].madd(one, t[1])),
         );
         for i in whole..a.len() {
-            w[i] += scalar * a[i];
+            w[i] = sign * (w[i] + c * a[i]);
             s += a[i] * w[i];
             t += a[i] * a[i];
         }
@@ -283,6 +302,10 @@ mod tests {
                 factors: vec![factor(1, 2, 1.1)],
                 newest: None,
             },
+            SamplePlan {
+                factors: vec![],
+                newest: None,
+            },
         ];
         let batch = plans.len();
         let data: Vec<f32> = (0..batch * slots * dim)
@@ -300,21 +323,20 @@ mod tests {
                 samples: plans.to_vec(),
             };
             for &kernel in &Kernel::supported() {
-                let mut w = vec![f32::NAN; batch * dim];
+                let mut w = x.clone();
                 let mut dots = vec![[f64::NAN; 2]; batch];
                 for (b, found) in dots.iter_mut().enumerate() {
                     let sample = Sample {
                         steps,
                         b,
-                        x: &x[b * dim..(b + 1) * dim],
                         plan: &plan.samples[b],
                         negate,
                     };
                     *found = kernel.run(&sample, &mut w[b * dim..(b + 1) * dim]);
                 }
-                let mut whole = vec![f32::NAN; batch * dim];
+                let mut whole = x.clone();
                 let mut whole_dots = vec![f32::NAN; 2 * batch];
-                factor_product(steps, &x, dim, &plan, &mut whole, &mut whole_dots);
+                factor_product(steps, &mut whole, dim, &plan, &mut whole_dots);
                 for b in 0..batch {
                     let f64s = |s: &[f32]| s.iter().map(|&v| v as f64).collect::<Vec<_>>();
                     let rows: Vec<Vec<f64>> =

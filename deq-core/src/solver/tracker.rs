@@ -13,8 +13,8 @@ const REL_EPS: f64 = 1e-12;
 pub(crate) struct Residual {
     /// `g`: `[batch, dim]`.
     pub g: Tensor<2>,
-    /// Per sample `‖g‖²` and `‖F(z)‖²`: `[batch, 2]`.
-    squares: Tensor<2>,
+    /// Per sample `‖g‖²` and `‖F(z)‖²`: `[batch, 2]` (what [`Tracker::record`] reads).
+    pub squares: Tensor<2>,
 }
 
 impl Residual {
@@ -89,7 +89,7 @@ impl Tracker {
     /// `g = fz − z` as evaluated (before non-finite samples are moved back).
     pub fn start(&mut self, z: &mut Tensor<2>, fz: &mut Tensor<2>) -> Tensor<2> {
         let residual = Residual::of(z, fz);
-        self.record(0, z, fz, &residual, &[]);
+        self.record(0, z, fz, &residual.squares, &[]);
         residual.g
     }
 
@@ -104,7 +104,7 @@ impl Tracker {
         fz: &mut Tensor<2>,
     ) -> Observation {
         let residual = self.step(map, step, z, fz);
-        self.record(iter, z, fz, &residual, &[])
+        self.record(iter, z, fz, &residual.squares, &[])
     }
 
     /// Moves the active samples to `step` (frozen ones stay where they are) and evaluates `map`
@@ -142,8 +142,9 @@ impl Tracker {
         }
     }
 
-    /// Records the iterate `z` with image `fz` (both `[batch, dim]`) and their `residual` as
-    /// iteration `iter`, reading back the residual norms and the `extra` per-sample columns
+    /// Records the iterate `z` with image `fz` (both `[batch, dim]`) and their residual's
+    /// `squares` (see [`Residual`]) as iteration `iter`, reading them back with the `extra`
+    /// per-sample columns
     /// (each `[batch, k]`) in one transfer. Samples that went non-finite are moved back to their
     /// best iterate (`z`, `fz` updated in place).
     pub fn record(
@@ -151,10 +152,10 @@ impl Tracker {
         iter: usize,
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
-        residual: &Residual,
+        squares: &Tensor<2>,
         extra: &[Tensor<2>],
     ) -> Observation {
-        let obs = self.observe(iter, z, fz, residual, extra);
+        let obs = self.observe(iter, z, fz, squares, extra);
         self.recover(z, fz, &obs.non_finite);
         obs
     }
@@ -164,7 +165,7 @@ impl Tracker {
     fn recover(&self, z: &mut Tensor<2>, fz: &mut Tensor<2>, non_finite: &[bool]) {
         if non_finite.iter().any(|&n| n) {
             *z = where_rows(z.clone(), non_finite, self.best_z.clone());
-            *fz = where_rows(fz.clone(), non_finite, self.best_z.clone());
+            *fz = where_rows(fz.clone(), non_finite, self.best_fz.clone());
         }
     }
 
@@ -174,13 +175,13 @@ impl Tracker {
         iter: usize,
         z: &Tensor<2>,
         fz: &Tensor<2>,
-        residual: &Residual,
+        squares: &Tensor<2>,
         extra: &[Tensor<2>],
     ) -> Observation {
         self.evaluations += 1;
         let batch = self.active.len();
         let mut columns =
-            read_columns([vec![residual.squares.clone()], extra.to_vec()].concat()).into_iter();
+            read_columns([vec![squares.clone()], extra.to_vec()].concat()).into_iter();
         let (g2, f2) = (
             columns.next().unwrap_or_default(),
             columns.next().unwrap_or_default(),
@@ -335,6 +336,38 @@ pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> 
 mod tests {
     use super::*;
     use burn::tensor::DType;
+
+    /// A sample whose image goes non-finite is moved back to its best iterate: its row of `z`
+    /// to the best `z`, its row of `F(z)` to that iterate's image (the other rows untouched).
+    #[test]
+    fn a_non_finite_sample_returns_to_its_best_iterate_and_image() {
+        let device = crate::device::cpu();
+        let t =
+            |v: Vec<f64>| Tensor::<2>::from_data(TensorData::new(v, [2, 2]), (&device, DType::F32));
+        let host = |t: &Tensor<2>| t.clone().into_data().iter::<f64>().collect::<Vec<_>>();
+        let rule = StopRule {
+            mode: StopMode::Absolute,
+            tol: 1e-12,
+            divergence_factor: 1e6,
+        };
+        let (mut z, mut fz) = (t(vec![1.0, 2.0, 3.0, 4.0]), t(vec![1.5, 2.5, 3.5, 4.5]));
+        let mut tracker = Tracker::new(&z, rule);
+        tracker.start(&mut z, &mut fz);
+        let mut map = |z: Tensor<2>| {
+            let nan = t(vec![0.0, 0.0, f64::NAN, 0.0]);
+            z * 0.5 + nan
+        };
+        let obs = tracker.advance(
+            1,
+            &mut map,
+            t(vec![10.0, 20.0, 30.0, 40.0]),
+            &mut z,
+            &mut fz,
+        );
+        assert_eq!(obs.non_finite, vec![false, true]);
+        assert_eq!(host(&z), vec![10.0, 20.0, 3.0, 4.0]);
+        assert_eq!(host(&fz), vec![5.0, 10.0, 3.5, 4.5]);
+    }
 
     /// The fused residual on flex (`f32`), and the tensor operations (`f64`, autodiff), against
     /// its definition; an autodiff residual keeps its graph.
