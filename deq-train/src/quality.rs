@@ -22,8 +22,8 @@ pub struct QualityConfig {
     pub batch_size: usize,
     /// Forward Broyden budget for every mode.
     pub forward_iters: usize,
-    /// Forward Broyden memory (pairs kept) for every mode; `None`: the budget, so that no
-    /// pair is ever dropped. The matrix SHINE reuses holds at most this many pairs.
+    /// Forward Broyden memory (rank-one factors kept) for every mode; `None`: the budget, so
+    /// that no factor is ever dropped. The matrix SHINE reuses holds at most this many.
     #[serde(default)]
     pub memory: Option<usize>,
     /// Forward relative-residual tolerance.

@@ -44,7 +44,7 @@ pub enum BackwardMode {
         /// Per-sample fallback to `w = ∇L` when `‖w‖ > τ ‖∇L‖` (reference τ = 1.8).
         fallback: Option<f64>,
         /// Adjoint-Broyden iterations warm-started at the SHINE estimate, with the forward
-        /// low-rank matrices transposed as initial inverse (`k + 1` products with `J_fᵀ`).
+        /// inverse transposed as initial inverse (`k + 1` products with `J_fᵀ`).
         refine: usize,
     },
     /// Jacobian-free backward: `w = ∇L`, optionally refined by `refine` adjoint-Broyden

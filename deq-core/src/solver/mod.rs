@@ -54,9 +54,10 @@ pub enum SolverKind {
         /// Mixing β in (0, 1].
         mixing: f64,
     },
-    /// Limited-memory Broyden with `B = −I + U Vᵀ` per sample.
+    /// Limited-memory Broyden with `B` per sample in product form over its last steps
+    /// ([`StepInverse`]).
     Broyden {
-        /// Number of low-rank pairs kept per sample (m ≥ 1).
+        /// Number of rank-one factors kept per sample (m ≥ 1; `m + 1` steps stored).
         memory: usize,
     },
 }

@@ -22,8 +22,8 @@ pub struct QualityArgs {
     /// Forward Broyden budget of every mode.
     #[arg(long, default_value_t = 40)]
     pub forward_iters: usize,
-    /// Forward Broyden memory of every mode (pairs kept; default: the budget, so that none is
-    /// dropped). SHINE reuses a matrix of at most this many pairs.
+    /// Forward Broyden memory of every mode (rank-one factors kept; default: the budget, so
+    /// that none is dropped). SHINE reuses a matrix of at most this many factors.
     #[arg(long)]
     pub memory: Option<usize>,
     /// Forward relative-residual tolerance.

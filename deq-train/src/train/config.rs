@@ -9,11 +9,12 @@ use super::TrainError;
 use super::fault::FaultConfig;
 use crate::data::{Augment, DatasetKind};
 
-/// The default memory of the forward solver (pairs of Broyden's inverse estimate; with
+/// The default memory of the forward solver (rank-one factors of Broyden's inverse estimate;
+/// with
 /// `solver = "anderson"`, Anderson's history length): 12.
 ///
 /// Measured on the main job (`docs/RESULTS.md`, "Broyden memory 12 by default"), against
-/// memory 30 (the default before, which kept every pair of an 18-iteration solve):
+/// memory 30 (the default before, which kept every factor of an 18-iteration solve):
 /// - three seeds gave the same test accuracy within their spread (82.50 % against 82.25 % on
 ///   average; single runs 81.85–83.05 %);
 /// - SHINE's gradient has the same cosine with the implicit one at the training budget;
@@ -21,7 +22,7 @@ use crate::data::{Augment, DatasetKind};
 ///   budget (training solves 86.6–99.4 % against 91.5–99.7 %, test solves 97.45–99.95 %
 ///   against 99.85–100 %);
 /// - a SHINE training step's peak memory at forward budget 32 is 1.05× its peak at budget 8
-///   (1.30× with memory 30), because SHINE's matrix holds at most this many pairs.
+///   (1.30× with memory 30), because SHINE's matrix holds at most this many factors.
 pub const DEFAULT_SOLVER_MEMORY: usize = 12;
 
 /// Everything that determines a training run. Field names are the TOML keys (and, with `-`
