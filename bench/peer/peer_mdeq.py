@@ -3,7 +3,8 @@
 
 A from-scratch PyTorch re-implementation of the `tiny` and `small` MDEQ presets of
 `deq-models` (stem, f, head), of our per-sample limited-memory Broyden solver (`deq-core`
-`solver/broyden.rs`, `low_rank.rs`, `tracker.rs`) and of our implicit backward
+`solver/broyden.rs`, `step_inverse.rs`, `tracker.rs`; the inverse here in the additive form
+`−I + U Vᵀ`, ours in product form over its steps) and of our implicit backward
 (`backward/adjoint.rs`, `op.rs`), timed like `deq-train bench` so that both tools can be
 compared on the same machine (see `bench/peer/README.md` and `compare.py`).
 
@@ -360,7 +361,8 @@ class Head(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Solver: per-sample limited-memory Broyden (deq-core solver/{broyden,low_rank,tracker}.rs)
+# Solver: per-sample limited-memory Broyden (deq-core solver/{broyden,step_inverse,tracker}.rs;
+# ours keeps B in product form over its steps, the peer in the additive form −I + U Vᵀ)
 # --------------------------------------------------------------------------------------------
 
 REL_EPS = 1e-12  # relative residual ‖F(z) − z‖ / (‖F(z)‖ + ε)
@@ -443,7 +445,7 @@ class Tracker:
     def _recover(self, z, fz, non_finite):
         if any(non_finite):
             z = where_rows(z, non_finite, self.best_z)
-            fz = where_rows(fz, non_finite, self.best_z)
+            fz = where_rows(fz, non_finite, self.best_fz)
         return z, fz
 
     def _observe(self, it, z, fz):
