@@ -721,13 +721,13 @@ mod tests {
         let at_best: Vec<Vec<f64>> = (0..batch)
             .map(|b| product_of(&pushed[b][2..6], &flags(2, 6)[..], n))
             .collect();
-        for b in 0..batch {
+        for (b, expected) in at_best.iter().enumerate() {
             assert!(
-                rel_err(&inverse.dense(b), &at_best[b]) < 1e-5,
+                rel_err(&inverse.dense(b), expected) < 1e-5,
                 "sample {b}: last 4 steps"
             );
         }
-        // Chain 2→3 is broken (step 3 skipped its update): factors 3→4? 4 % 4 = 0 → secant; 4→5.
+        // Steps 2..6 hold the factors 3→4 and 4→5; step 3 skipped its update (no factor 2→3).
         assert_eq!(inverse.rank(0), 2);
         let later = push_steps(&mut inverse, 6..10, &[true, false], &|_| false, n);
         let newest = [&pushed[0][..], &later[0][..]].concat();
@@ -742,9 +742,9 @@ mod tests {
             "sample 1 untouched"
         );
         let best = inverse.clone().into_best();
-        for b in 0..batch {
+        for (b, expected) in at_best.iter().enumerate() {
             assert!(
-                rel_err(&best.dense(b), &at_best[b]) < 1e-5,
+                rel_err(&best.dense(b), expected) < 1e-5,
                 "sample {b}: best restored"
             );
         }
@@ -758,9 +758,9 @@ mod tests {
         assert!(rel_err(&restarted.dense(0), &minus_identity) < 1e-12);
         push_steps(&mut restarted, 20..23, &[true, false], &|_| false, n);
         let best = restarted.into_best();
-        for b in 0..batch {
+        for (b, expected) in at_best.iter().enumerate() {
             assert!(
-                rel_err(&best.dense(b), &at_best[b]) < 1e-5,
+                rel_err(&best.dense(b), expected) < 1e-5,
                 "sample {b}: best after restart"
             );
         }
