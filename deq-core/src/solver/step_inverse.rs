@@ -766,6 +766,39 @@ mod tests {
         }
     }
 
+    /// Two samples whose rings sit at different positions (one restarted) both overwrite
+    /// steps of their best matrices: `into_best` puts each saved row back in its own sample and
+    /// slot. Marking a new best drops the saved rows no best matrix needs any more.
+    #[test]
+    fn saved_steps_go_back_to_their_own_sample_and_are_dropped_when_not_needed() {
+        let (batch, n, memory) = (2, 3, 2);
+        let mut inverse = StepInverse::identity(&t(vec![0.0; batch * n], [batch, n]), memory);
+        push_steps(&mut inverse, 0..2, &[true, true], &|_| false, n);
+        inverse.reset(&[false, true]);
+        push_steps(&mut inverse, 4..6, &[true, true], &|k| k == 5, n);
+        let at_best: Vec<Vec<f64>> = (0..batch).map(|b| inverse.dense(b)).collect();
+        assert!(inverse.rank(0) > 0 && inverse.rank(1) > 0);
+        // Three more steps each: both rings wrap over every slot of their best matrices.
+        push_steps(&mut inverse, 8..11, &[true, true], &|_| false, n);
+        assert!(
+            !inverse.evicted.is_empty(),
+            "the best matrices' steps were saved"
+        );
+        let best = inverse.clone().into_best();
+        for (b, expected) in at_best.iter().enumerate() {
+            assert!(rel_err(&best.dense(b), expected) < 1e-6, "sample {b}");
+        }
+        // A new best for sample 0 only: its saved rows go, sample 1's stay.
+        inverse.mark_best(&[true, false]);
+        assert!(inverse.evicted.iter().all(|e| !e.rows[0] && e.rows[1]));
+        assert!(
+            inverse.evicted.iter().all(|e| e.saved == vec![1]),
+            "compacted to sample 1"
+        );
+        inverse.mark_best(&[false, true]);
+        assert!(inverse.evicted.is_empty());
+    }
+
     /// Over a base: `B = F ⋯ F Aᵀ`, and `Bᵀ` its transpose.
     #[test]
     fn over_transposed_starts_from_the_transpose() {
