@@ -7,7 +7,7 @@ use crate::backward::op::{FactorPlan, PlanFactor, SamplePlan, factor_product};
 
 /// Per-sample inverse-Jacobian estimate `B ≈ J_g⁻¹` of limited-memory ("good") Broyden (see
 /// `shine-math.md`) in product form, stored as the solver's steps: Kelley's representation
-/// ("Iterative Methods for Linear and Nonlinear Equations", SIAM 1995, §7.3).
+/// ("Iterative Methods for Linear and Nonlinear Equations", SIAM 1995, chapter 7).
 ///
 /// With the full step `Δzₖ = −Bₖ gₖ`, the update `Bₖ₊₁ = Bₖ + uₖ vₖᵀ` (`vₖ = Bₖᵀ Δzₖ`,
 /// `uₖ = (Δzₖ − Bₖ Δgₖ) / (vₖᵀ Δgₖ)`) is `Bₖ₊₁ = (I + uₖ Δzₖᵀ) Bₖ`, and `uₖ = Δzₖ₊₁ / ‖Δzₖ‖²`:
