@@ -2,7 +2,8 @@
 //!
 //! The CPU kernels (`solver::product_kernel`, `backward::direct_conv`) are written for the
 //! compiler to vectorise and compiled once per variant under `#[target_feature]`; [`Isa::detect`]
-//! picks the widest one this CPU runs.
+//! picks the widest one this CPU runs. [`for_each_sample`] runs a per-sample kernel over the
+//! batch on Rayon's pool.
 
 /// A compiled variant of a host loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +66,34 @@ impl Isa {
 #[cfg(test)]
 pub(crate) fn test_value(seed: usize, i: usize) -> f32 {
     ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
+}
+
+/// Runs `one(b, row, pair)` for every sample `b` of a host kernel with one `[batch, dim]` output
+/// (`rows`; `row`: sample `b`'s `dim` entries) and two values per sample (`pairs`,
+/// `[batch, 2]`; `pair`: sample `b`'s two). The samples run on Rayon's pool (the one Burn's CPU
+/// backend uses): in parallel, or at one thread as one job on the pool's thread, where Burn's
+/// own operations run.
+pub(crate) fn for_each_sample(
+    rows: &mut [f32],
+    dim: usize,
+    pairs: &mut [f32],
+    one: impl Fn(usize, &mut [f32], &mut [f32]) + Send + Sync,
+) {
+    use rayon::prelude::*;
+    let one = |(b, (row, pair)): (usize, (&mut [f32], &mut [f32]))| one(b, row, pair);
+    if rayon::current_num_threads() <= 1 {
+        rayon::scope(|_| {
+            rows.chunks_mut(dim)
+                .zip(pairs.chunks_mut(2))
+                .enumerate()
+                .for_each(one)
+        });
+    } else {
+        rows.par_chunks_mut(dim)
+            .zip(pairs.par_chunks_mut(2))
+            .enumerate()
+            .for_each(one);
+    }
 }
 
 /// `a · b + c`, fused where the instruction exists (`FMA`; without it `mul_add` would be a

@@ -13,13 +13,11 @@
 //! The loops run on explicit vectors ([`Lanes`]: AVX-512, AVX2 + FMA, or a portable array; the
 //! CPU picks one at run time), with the partial sums in registers and summed in `f64` block by
 //! block.
-use rayon::prelude::*;
-
 use crate::backward::lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 use crate::backward::lanes::x86;
 use crate::backward::op::{FactorPlan, SamplePlan};
-use crate::isa::Isa as Kernel;
+use crate::isa::{Isa as Kernel, for_each_sample};
 
 /// Entries per block: the partial sums go to `f64` once per block.
 const BLOCK: usize = 512;
@@ -69,7 +67,7 @@ pub(crate) fn factor_product(
         return;
     }
     let kernel = Kernel::detect();
-    let one = |(b, (w, dots)): (usize, (&mut [f32], &mut [f32]))| {
+    for_each_sample(w, dim, dots, |b, w, dots| {
         let sample = Sample {
             steps,
             b,
@@ -79,21 +77,7 @@ pub(crate) fn factor_product(
         let found = kernel.run(&sample, w);
         dots[0] = found[0] as f32;
         dots[1] = found[1] as f32;
-    };
-    if rayon::current_num_threads() <= 1 {
-        // One job on the pool's thread, where Burn's own operations run.
-        rayon::scope(|_| {
-            w.chunks_mut(dim)
-                .zip(dots.chunks_mut(2))
-                .enumerate()
-                .for_each(one)
-        });
-    } else {
-        w.par_chunks_mut(dim)
-            .zip(dots.par_chunks_mut(2))
-            .enumerate()
-            .for_each(one);
-    }
+    });
 }
 
 /// One sample's inputs.

@@ -6,9 +6,7 @@
 //! read five `[batch, dim]` tensors from memory. Here each sample's `z` and `fz` are read once.
 //! The loop is written for the compiler to vectorise ([`LANES`] partial sums per norm) and
 //! compiled per [`Isa`] variant; the samples run in parallel on Rayon's pool.
-use rayon::prelude::*;
-
-use crate::isa::{Isa, madd};
+use crate::isa::{Isa, for_each_sample, madd};
 
 /// Partial sums per squared norm.
 const LANES: usize = 32;
@@ -33,26 +31,12 @@ pub(crate) fn residual(z: &[f32], fz: &[f32], dim: usize, g: &mut [f32], squares
         squares.len()
     );
     let isa = Isa::detect();
-    let one = |(b, (g, out)): (usize, (&mut [f32], &mut [f32]))| {
+    for_each_sample(g, dim, squares, |b, g, out| {
         let rows = b * dim..(b + 1) * dim;
         let found = isa.residual(&z[rows.clone()], &fz[rows], g);
         out[0] = found[0] as f32;
         out[1] = found[1] as f32;
-    };
-    if rayon::current_num_threads() <= 1 {
-        // One job on the pool's thread, where Burn's own operations run.
-        rayon::scope(|_| {
-            g.chunks_mut(dim)
-                .zip(squares.chunks_mut(2))
-                .enumerate()
-                .for_each(one)
-        });
-    } else {
-        g.par_chunks_mut(dim)
-            .zip(squares.par_chunks_mut(2))
-            .enumerate()
-            .for_each(one);
-    }
+    });
 }
 
 impl Isa {

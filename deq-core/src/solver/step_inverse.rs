@@ -182,7 +182,11 @@ impl StepInverse {
 
     /// The slot of `sample`'s newest step, if any.
     fn newest(&self, sample: usize) -> Option<usize> {
-        self.order(sample).last().copied()
+        let slots = self.slots();
+        let stamps = &self.stamp[sample * slots..(sample + 1) * slots];
+        (0..slots)
+            .filter(|&j| stamps[j] > 0)
+            .max_by_key(|&j| stamps[j])
     }
 
     /// The plan of the factors' product: `B x` (`transposed` false, the product without `B₀`)

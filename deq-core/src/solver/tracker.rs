@@ -144,9 +144,8 @@ impl Tracker {
 
     /// Records the iterate `z` with image `fz` (both `[batch, dim]`) and their residual's
     /// `squares` (see [`Residual`]) as iteration `iter`, reading them back with the `extra`
-    /// per-sample columns
-    /// (each `[batch, k]`) in one transfer. Samples that went non-finite are moved back to their
-    /// best iterate (`z`, `fz` updated in place).
+    /// per-sample columns (each `[batch, k]`) in one transfer. Samples that went non-finite are
+    /// moved back to their best iterate (`z`, `fz` updated in place).
     pub fn record(
         &mut self,
         iter: usize,
