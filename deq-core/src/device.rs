@@ -29,8 +29,9 @@ pub(crate) fn is_flex(device: &Device) -> bool {
 }
 
 /// Whether `device` runs its kernels on the CPU from host memory (flex, ndarray; an autodiff
-/// device answers for the device it wraps). The solvers read large factors in cache-sized
-/// chunks there; on a GPU (or any cubecl runtime) every chunk is only more kernel launches.
+/// device answers for the device it wraps). There the solvers copy rows run by run and
+/// evaluate f on part of the batch; on a GPU (or any cubecl runtime) those would only be more
+/// kernel launches.
 pub fn is_host_memory(device: &Device) -> bool {
     // Device equality is hardware identity: it ignores the autodiff association.
     #[cfg(feature = "flex")]
