@@ -68,29 +68,30 @@ pub(crate) fn test_value(seed: usize, i: usize) -> f32 {
     ((seed * 7919 + i * 104_729) % 2001) as f32 / 1000.0 - 1.0
 }
 
-/// Runs `one(b, row, pair)` for every sample `b` of a host kernel with one `[batch, dim]` output
-/// (`rows`; `row`: sample `b`'s `dim` entries) and two values per sample (`pairs`,
-/// `[batch, 2]`; `pair`: sample `b`'s two). The samples run on Rayon's pool (the one Burn's CPU
-/// backend uses): in parallel, or at one thread as one job on the pool's thread, where Burn's
-/// own operations run.
+/// Runs `one(b, row, values)` for every sample `b` of a host kernel with one `[batch, dim]`
+/// output (`rows`; `row`: sample `b`'s `dim` entries) and `width` more values per sample
+/// (`values`, `[batch, width]`; sample `b`'s `width` of them). The samples run on Rayon's pool
+/// (the one Burn's CPU backend uses): in parallel, or at one thread as one job on the pool's
+/// thread, where Burn's own operations run.
 pub(crate) fn for_each_sample(
     rows: &mut [f32],
     dim: usize,
-    pairs: &mut [f32],
+    values: &mut [f32],
+    width: usize,
     one: impl Fn(usize, &mut [f32], &mut [f32]) + Send + Sync,
 ) {
     use rayon::prelude::*;
-    let one = |(b, (row, pair)): (usize, (&mut [f32], &mut [f32]))| one(b, row, pair);
+    let one = |(b, (row, values)): (usize, (&mut [f32], &mut [f32]))| one(b, row, values);
     if rayon::current_num_threads() <= 1 {
         rayon::scope(|_| {
             rows.chunks_mut(dim)
-                .zip(pairs.chunks_mut(2))
+                .zip(values.chunks_mut(width))
                 .enumerate()
                 .for_each(one)
         });
     } else {
         rows.par_chunks_mut(dim)
-            .zip(pairs.par_chunks_mut(2))
+            .zip(values.par_chunks_mut(width))
             .enumerate()
             .for_each(one);
     }

@@ -11,6 +11,9 @@
 //! - `apply_with_dots`: what the solver runs (on flex: the fused per-sample loop of
 //!   `deq_core::backward::op::factor_product`, compiled for AVX-512 / AVX2 and run on Rayon's
 //!   pool);
+//! - `apply_to_residual`: the same product of the residual `fz − z`, taken in the product's first
+//!   sweep (what the solver runs since the residual was fused in);
+//! - `push_step`: the step `z − s B g⁺` with the write of `s B g⁺` into the ring (one pass);
 //! - `apply_transposed`: SHINE's product;
 //! - the floor: a plain sum over a host copy of the same steps (each read once).
 use std::time::Instant;
@@ -68,6 +71,9 @@ fn main() {
     assert_eq!(inverse.rank(0), factors, "a full ring");
     let copy = copy[batch * dim..].to_vec();
     let x = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
+    let z = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
+    let fz = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
+    let scale = vec![0.5; batch];
     let mb = ((factors + 1) * batch * dim * 4) as f64 / 1e6;
     let cache = if cold { "cold" } else { "warm" };
     println!(
@@ -76,6 +82,7 @@ fn main() {
     let mut sink = 0f32;
     for round in 0..3 {
         let (mut forward, mut transposed, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fused, mut pushes) = (Vec::new(), Vec::new());
         for _ in 0..30 {
             // A fresh `x` of its own, as the solver hands over its residual (the product is
             // then written in its buffer).
@@ -84,6 +91,15 @@ fn main() {
             let started = Instant::now();
             drop(inverse.apply_with_dots(fresh));
             forward.push(started.elapsed().as_secs_f64() * 1e3);
+            evict();
+            let started = Instant::now();
+            let (w, _, _) = inverse.apply_to_residual(&z, &fz);
+            fused.push(started.elapsed().as_secs_f64() * 1e3);
+            evict();
+            let started = Instant::now();
+            drop(inverse.push_step(w, &scale, &z, &all, &all, &all));
+            pushes.push(started.elapsed().as_secs_f64() * 1e3);
+            inverse.set_newest_norms(&vec![dim as f64; batch], &all);
             let fresh = x.clone() + 0.0;
             evict();
             let started = Instant::now();
@@ -95,8 +111,10 @@ fn main() {
             floor.push(started.elapsed().as_secs_f64() * 1e3);
         }
         println!(
-            "round {round}: apply_with_dots {:.3}, apply_transposed {:.3}, one read of the steps {:.3}",
+            "round {round}: apply_with_dots {:.3}, apply_to_residual {:.3}, push_step {:.3}, apply_transposed {:.3}, one read of the steps {:.3}",
             median(forward),
+            median(fused),
+            median(pushes),
             median(transposed),
             median(floor)
         );

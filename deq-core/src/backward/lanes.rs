@@ -111,3 +111,34 @@ pub(crate) mod x86 {
         _mm256_storeu_ps
     );
 }
+
+/// Asks the CPU to bring the cache line holding `row[at]` into its nearest cache (a hint: no
+/// effect where `at` is outside `row`, and none off x86-64). The host loops call it for the row
+/// their next sweep will read, so that each sweep's row streams in while the one before runs.
+#[inline(always)]
+pub(crate) fn prefetch(row: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(value) = row.get(at) {
+        // SAFETY: a prefetch never faults, and the address is inside `row` anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (value as *const f32).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (row, at);
+}
+
+/// [`prefetch`] by address, for memory the caller may not borrow (another thread's chunk of
+/// one buffer): a hint that never faults, whatever the address (none off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch_address(address: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and reads nothing into the program.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}

@@ -159,6 +159,47 @@ pub trait DeqOps: Backend {
         None
     }
 
+    /// `(w, values)` for the product of a Broyden inverse in product form with the residual
+    /// `fz − z` of fixed-point iterates (`[batch, dim]` each), with per sample `‖fz − z‖²`,
+    /// `‖fz‖²` and the two dot products of [`factor_product`] (`values`: `[batch, 4]`): see
+    /// [`residual_factor_product`]. `None`, the default, where the residual and the product run
+    /// one after the other; flex overrides it with one fused host loop per sample.
+    #[allow(unused_variables)]
+    fn residual_factor_product(
+        steps: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        fz: FloatTensor<Self>,
+        plan: FactorPlan,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        None
+    }
+
+    /// `(steps, next)` for one Broyden step with the write of its vector: see [`push_step`]
+    /// (`scale`: one per sample). `None`, the default, where [`push_step`] runs tensor
+    /// operations instead; flex overrides it with one fused host loop per sample.
+    #[allow(unused_variables)]
+    fn push_step(
+        steps: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        scale: Vec<f32>,
+        slots: Vec<Option<usize>>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        None
+    }
+
+    /// `tensor` (`[batch, dim]`) with the rows where `rows` is true copied from `value` (same
+    /// shape and dtype): see [`copy_rows`]. `None`, the default, where the caller's tensor
+    /// operations run instead; flex overrides it with row copies on the host.
+    #[allow(unused_variables)]
+    fn copy_rows(
+        tensor: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        rows: Vec<bool>,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// The residual `g = fz − z` of a fixed-point iterate (`z`, `fz`: `[batch, dim]`) and, per
     /// sample, `‖g‖²` and `‖fz‖²` (`[batch, 2]`); see [`residual`]. This body is a
     /// subtraction and two batched dot products; flex overrides it with one fused host loop.
@@ -391,23 +432,13 @@ impl DeqOps for Flex {
         x: FloatTensor<Self>,
         plan: FactorPlan,
     ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
-        use crate::solver::product_kernel::{Steps, factor_product};
+        use crate::solver::product_kernel::{Input, factor_product};
         use burn::tensor::{DType, TensorData};
         if steps.dtype() != DType::F32 || x.dtype() != DType::F32 {
             return None;
         }
-        let rows = |t: &FloatTensor<Self>| {
-            let (shape, strides) = (t.layout().shape(), t.layout().strides());
-            strides[2] == 1 && (shape[1] < 2 || strides[1] == shape[2] as isize) && strides[0] >= 0
-        };
-        let steps = if rows(&steps) {
-            steps
-        } else {
-            steps.to_contiguous()
-        };
-        let [batch, _, dim] = [0, 1, 2].map(|k| steps.layout().shape()[k]);
-        let sample_stride = steps.layout().strides()[0] as usize;
-        let offset = steps.layout().start_offset();
+        let steps = FlexSteps::of(steps);
+        let (batch, dim) = (steps.batch, steps.dim);
         let mut w = if x.is_contiguous() && x.layout().start_offset() == 0 && x.is_unique() {
             x
         } else {
@@ -415,11 +446,8 @@ impl DeqOps for Flex {
         };
         let mut dots = vec![0f32; 2 * batch];
         factor_product(
-            Steps {
-                data: &steps.storage::<f32>()[offset..],
-                sample_stride,
-                slot_stride: dim,
-            },
+            steps.view(),
+            Input::InPlace,
             &mut w.storage_mut::<f32>()[..batch * dim],
             dim,
             &plan,
@@ -427,6 +455,120 @@ impl DeqOps for Flex {
         );
         let dots = FloatTensor::<Self>::from_data(TensorData::new(dots, [batch, 2]));
         Some((w, dots))
+    }
+
+    /// The fused per-sample loop of `solver::product_kernel` with the residual taken in its
+    /// first sweep, for `f32`: `z` and `fz` are read where they are (copies first if they are
+    /// not contiguous), the product is written to a new buffer.
+    fn residual_factor_product(
+        steps: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        fz: FloatTensor<Self>,
+        plan: FactorPlan,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        use crate::solver::product_kernel::{Input, factor_product};
+        use burn::tensor::{DType, TensorData};
+        if [&steps, &z, &fz].iter().any(|t| t.dtype() != DType::F32) {
+            return None;
+        }
+        let steps = FlexSteps::of(steps);
+        let (batch, dim) = (steps.batch, steps.dim);
+        let (z, fz) = (z.to_contiguous(), fz.to_contiguous());
+        let mut w = vec![0f32; batch * dim];
+        let mut values = vec![0f32; 4 * batch];
+        factor_product(
+            steps.view(),
+            Input::Residual {
+                z: z.as_slice::<f32>().expect("contiguous"),
+                fz: fz.as_slice::<f32>().expect("contiguous"),
+            },
+            &mut w,
+            dim,
+            &plan,
+            &mut values,
+        );
+        let tensor = |values: Vec<f32>, width: usize| {
+            FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
+        };
+        Some((tensor(w, dim), tensor(values, 4)))
+    }
+
+    /// The fused loop of `solver::step_kernel` for `f32`: the ring and `w` are written in
+    /// place when they are contiguous and not shared (otherwise copies are), `z` is read where
+    /// it is.
+    fn push_step(
+        steps: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        scale: Vec<f32>,
+        slots: Vec<Option<usize>>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        use crate::solver::step_kernel::push_step;
+        use burn::tensor::DType;
+        if [&steps, &w, &z].iter().any(|t| t.dtype() != DType::F32) {
+            return None;
+        }
+        let owned = |t: FloatTensor<Self>| {
+            if t.is_contiguous() && t.layout().start_offset() == 0 && t.is_unique() {
+                t
+            } else {
+                t.to_contiguous()
+            }
+        };
+        let (mut steps, mut w, z) = (owned(steps), owned(w), z.to_contiguous());
+        let [batch, capacity, dim] = [0, 1, 2].map(|k| steps.layout().shape()[k]);
+        push_step(
+            &mut steps.storage_mut::<f32>()[..batch * capacity * dim],
+            &slots,
+            &scale,
+            z.as_slice::<f32>().expect("contiguous"),
+            &mut w.storage_mut::<f32>()[..batch * dim],
+            dim,
+        );
+        Some((steps, w))
+    }
+
+    /// Row copies in `tensor`'s buffer when it is contiguous and not shared (otherwise in a
+    /// copy of it), for `f32` and `f64`.
+    fn copy_rows(
+        tensor: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        rows: Vec<bool>,
+    ) -> Option<FloatTensor<Self>> {
+        use burn::tensor::DType;
+        fn copy<E: Copy>(to: &mut [E], from: &[E], rows: &[bool]) {
+            let dim = from.len() / rows.len().max(1);
+            for (b, _) in rows.iter().enumerate().filter(|(_, r)| **r) {
+                to[b * dim..(b + 1) * dim].copy_from_slice(&from[b * dim..(b + 1) * dim]);
+            }
+        }
+        let dtype = tensor.dtype();
+        if value.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+            return None;
+        }
+        let mut tensor = if tensor.is_contiguous()
+            && tensor.layout().start_offset() == 0
+            && tensor.is_unique()
+        {
+            tensor
+        } else {
+            tensor.to_contiguous()
+        };
+        let value = value.to_contiguous();
+        let n = value.layout().num_elements();
+        match dtype {
+            DType::F32 => copy(
+                &mut tensor.storage_mut::<f32>()[..n],
+                value.as_slice::<f32>().expect("contiguous"),
+                &rows,
+            ),
+            _ => copy(
+                &mut tensor.storage_mut::<f64>()[..n],
+                value.as_slice::<f64>().expect("contiguous"),
+                &rows,
+            ),
+        }
+        Some(tensor)
     }
 
     /// The fused loop of `solver::residual_kernel` for `f32` tensors.
@@ -455,6 +597,41 @@ impl DeqOps for Flex {
             FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
         };
         (tensor(g, dim), tensor(squares, 2))
+    }
+}
+
+/// A flex ring of steps (`[batch, slots, dim]`) whose slots are rows of one buffer (a copy
+/// first when they are not), as the host kernels read it.
+#[cfg(feature = "flex")]
+struct FlexSteps {
+    tensor: FloatTensor<Flex>,
+    batch: usize,
+    dim: usize,
+}
+
+#[cfg(feature = "flex")]
+impl FlexSteps {
+    fn of(steps: FloatTensor<Flex>) -> Self {
+        let rows = |t: &FloatTensor<Flex>| {
+            let (shape, strides) = (t.layout().shape(), t.layout().strides());
+            strides[2] == 1 && (shape[1] < 2 || strides[1] == shape[2] as isize) && strides[0] >= 0
+        };
+        let tensor = if rows(&steps) {
+            steps
+        } else {
+            steps.to_contiguous()
+        };
+        let [batch, dim] = [0, 2].map(|k| tensor.layout().shape()[k]);
+        Self { tensor, batch, dim }
+    }
+
+    fn view(&self) -> crate::solver::product_kernel::Steps<'_> {
+        let layout = self.tensor.layout();
+        crate::solver::product_kernel::Steps {
+            data: &self.tensor.storage::<f32>()[layout.start_offset()..],
+            sample_stride: layout.strides()[0] as usize,
+            slot_stride: self.dim,
+        }
     }
 }
 
@@ -875,6 +1052,23 @@ pub fn batch_norm_train(
 /// # Panics
 /// When the plan has another number of samples than `x`, or names a slot outside `steps`.
 pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: &FactorPlan) -> (Tensor<2>, Tensor<2>) {
+    check_plan(&steps, plan);
+    if on_flex_f32(&steps, &x) {
+        // Flex runs its fused loop for every f32 input: `x` is handed over (not shared), so
+        // that the product can be written in its buffer.
+        let found = <Dispatch as DeqOps>::factor_product(
+            steps.clone().into_dispatch(),
+            x.into_dispatch(),
+            plan.clone(),
+        );
+        let (w, dots) = found.expect("flex computes factor_product for f32 tensors");
+        return (Tensor::from_dispatch(w), Tensor::from_dispatch(dots));
+    }
+    gathered_factor_product(steps, x, plan)
+}
+
+/// Panics unless `plan` has one sample per row of `steps` and names only its slots.
+fn check_plan(steps: &Tensor<3>, plan: &FactorPlan) {
     let [batch, slots, _] = steps.dims();
     assert_eq!(
         plan.samples.len(),
@@ -891,18 +1085,141 @@ pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: &FactorPlan) -> (Ten
         named.into_iter().all(|slot| slot < slots),
         "factor_product: a plan names a slot outside {slots}"
     );
-    if on_flex_f32(&steps, &x) {
-        // Flex runs its fused loop for every f32 input: `x` is handed over (not shared), so
-        // that the product can be written in its buffer.
-        let found = <Dispatch as DeqOps>::factor_product(
-            steps.clone().into_dispatch(),
-            x.into_dispatch(),
+}
+
+/// [`factor_product`] of the residual `fz − z` of fixed-point iterates (`[batch, dim]` each),
+/// with that residual's squared norms: returns `w`, `squares` (`[batch, 2]`: per sample
+/// `‖fz − z‖²` and `‖fz‖²`, as [`residual`]) and `dots` (`[batch, 2]`, as [`factor_product`]).
+///
+/// On flex, for `f32`, the residual is taken in the product's first sweep: `z` and `fz` are
+/// read once and the residual is never stored apart from `w`. Elsewhere, [`residual`] and then
+/// [`factor_product`].
+///
+/// # Panics
+/// As [`factor_product`].
+pub fn residual_factor_product(
+    steps: Tensor<3>,
+    z: &Tensor<2>,
+    fz: &Tensor<2>,
+    plan: &FactorPlan,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    if on_flex_f32(&steps, z) && on_flex_f32(&steps, fz) {
+        check_plan(&steps, plan);
+        let found = <Dispatch as DeqOps>::residual_factor_product(
+            steps.into_dispatch(),
+            z.clone().into_dispatch(),
+            fz.clone().into_dispatch(),
             plan.clone(),
         );
-        let (w, dots) = found.expect("flex computes factor_product for f32 tensors");
-        return (Tensor::from_dispatch(w), Tensor::from_dispatch(dots));
+        let (w, values) = found.expect("flex computes residual_factor_product for f32 tensors");
+        let values = Tensor::<2>::from_dispatch(values);
+        return (
+            Tensor::from_dispatch(w),
+            values.clone().narrow(1, 0, 2),
+            values.narrow(1, 2, 2),
+        );
     }
-    gathered_factor_product(steps, x, plan)
+    let (g, squares) = residual(z.clone(), fz.clone());
+    let (w, dots) = factor_product(steps, g, plan);
+    (w, squares, dots)
+}
+
+/// One step of a Broyden solve with the write of its vector into the inverse's ring of steps
+/// (`[batch, slots, dim]`): per sample `b` with a slot `slots[b]`, the step `scale[b] · w_b` is
+/// written to that slot and the next iterate is `z_b − scale[b] · w_b`; a sample without a slot
+/// keeps `z_b` (`w`, `z`: `[batch, dim]`). Returns the ring and the next iterates.
+///
+/// On flex, for `f32`, one loop per sample writes both in place (the ring's buffer and `w`'s,
+/// when not shared: `w` is handed over); elsewhere, a scaling, a write per slot and a
+/// subtraction.
+///
+/// # Panics
+/// When `scale` or `slots` has another length than the batch, or a slot is outside the ring.
+pub fn push_step(
+    steps: Tensor<3>,
+    w: Tensor<2>,
+    z: &Tensor<2>,
+    scale: &[f64],
+    slots: &[Option<usize>],
+) -> (Tensor<3>, Tensor<2>) {
+    use crate::solver::{where_rows, write_column};
+    use burn::tensor::TensorData;
+    let [batch, capacity, _] = steps.dims();
+    assert!(
+        scale.len() == batch && slots.len() == batch,
+        "push_step: {} scales and {} slots for batch {batch}",
+        scale.len(),
+        slots.len()
+    );
+    assert!(
+        slots.iter().flatten().all(|&j| j < capacity),
+        "push_step: a slot outside {capacity}"
+    );
+    if on_flex_f32(&steps, &w) && on_flex_f32(&steps, z) {
+        let found = <Dispatch as DeqOps>::push_step(
+            steps.into_dispatch(),
+            w.into_dispatch(),
+            z.clone().into_dispatch(),
+            scale.iter().map(|&s| s as f32).collect(),
+            slots.to_vec(),
+        );
+        let (steps, next) = found.expect("flex computes push_step for f32 tensors");
+        return (Tensor::from_dispatch(steps), Tensor::from_dispatch(next));
+    }
+    let column = Tensor::<2>::from_data(
+        TensorData::new(scale.to_vec(), [batch, 1]),
+        (&w.device(), w.dtype()),
+    );
+    let b = w * column;
+    let mut targets: Vec<usize> = slots.iter().flatten().copied().collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut steps = steps;
+    for slot in targets {
+        let selected: Vec<bool> = slots.iter().map(|&j| j == Some(slot)).collect();
+        steps = write_column(steps, slot, &selected, &b);
+    }
+    let moving: Vec<bool> = slots.iter().map(Option::is_some).collect();
+    let next = where_rows(z.clone(), &moving, z.clone() - b);
+    (steps, next)
+}
+
+/// Copies the rows where `rows` is true from `value` into `tensor` (both `[batch, dim]`, one
+/// flag per row) in one host loop on flex (in place when `tensor` is not shared), for `f32`
+/// and `f64` tensors without autodiff, and returns true. Elsewhere returns false and leaves
+/// `tensor` as it was.
+///
+/// # Panics
+/// When the shapes differ or `rows` has another length than the batch.
+pub(crate) fn copy_rows(tensor: &mut Tensor<2>, rows: &[bool], value: &Tensor<2>) -> bool {
+    assert!(
+        tensor.dims() == value.dims() && rows.len() == value.dims()[0],
+        "copy_rows: {:?} from {:?} with {} flags",
+        tensor.dims(),
+        value.dims(),
+        rows.len()
+    );
+    #[cfg(feature = "flex")]
+    {
+        let plain = !(tensor.is_autodiff() || value.is_autodiff());
+        let host = crate::device::is_flex(&tensor.device()) && tensor.dtype() == value.dtype();
+        let floats = matches!(
+            tensor.dtype(),
+            burn::tensor::DType::F32 | burn::tensor::DType::F64
+        );
+        if plain && host && floats {
+            let empty = Tensor::empty([0, 0], (&tensor.device(), tensor.dtype()));
+            let merged = <Dispatch as DeqOps>::copy_rows(
+                std::mem::replace(tensor, empty).into_dispatch(),
+                value.clone().into_dispatch(),
+                rows.to_vec(),
+            )
+            .expect("flex copies f32 and f64 rows");
+            *tensor = Tensor::from_dispatch(merged);
+            return true;
+        }
+    }
+    false
 }
 
 /// Both tensors are `f32` on flex without autodiff: [`DeqOps::factor_product`]'s fused route.

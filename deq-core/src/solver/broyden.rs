@@ -1,5 +1,5 @@
 //! Limited-memory ("good") Broyden on the root problem `g(z) = F(z) − z = 0`.
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::StopRule;
 use super::map::BatchMap;
@@ -21,9 +21,12 @@ const RESTART_GROWTH: f64 = 1e2;
 /// which keeps the secant identity `B⁺ Δg = Δz`.
 ///
 /// `B` is kept in product form ([`StepInverse`]): with the full step, `B⁺ = (I + u Δzᵀ) B` and
-/// `u` is a multiple of the next step, so the steps are all that is stored. Per iteration: one
-/// product `B g⁺` (each stored step read once) with the dot products `(B g)·(B g⁺)` and
-/// `‖B g‖²`, and one read back to the host (residual norms and the dots together). The full
+/// `u` is a multiple of the next step, so the steps are all that is stored. Per iteration, besides
+/// the evaluation of `F`: one product `B g⁺` (each stored step read once; on flex the residual
+/// `g⁺ = F(z⁺) − z⁺` and its norms are taken in the product's first pass) with the dot products
+/// `(B g)·(B g⁺)` and `‖B g‖²`, one read back to the host (residual norms and the dots
+/// together), and one pass that stores the next step and forms the next iterate
+/// ([`StepInverse::push_step`]). The full
 /// step `Δz = −B g` gives `Δz − B Δg = −B g⁺`, so `u = −B g⁺ / (vᵀ Δg)` and
 /// `B⁺ g⁺ = B g⁺ · (−vᵀ g / vᵀ Δg)`, one per-sample scaling of `B g⁺`: the next step, stored as
 /// it is. The scalars need no product with `v`: `vᵀ g = Δzᵀ B g = −‖Δz‖²` and
@@ -53,24 +56,29 @@ pub(crate) fn broyden(
 
     let (mut z, mut fz) = (z0, fz0);
     let g0 = tracker.start(&mut z, &mut fz);
-    // The first step, B₀ g (= −Δz), starts every sample's chain of steps.
-    let mut bg = inverse.apply_initial(g0);
-    inverse.push_as_best(bg.clone(), &all, &none, &all);
+    // The first step, B₀ g (= −Δz), starts every sample's chain of steps; `step` is the next
+    // iterate z + Δz = z − B g.
+    let mut step = inverse.push_step(
+        inverse.apply_initial(g0),
+        &vec![1.0; batch],
+        &z,
+        &all,
+        &none,
+        &all,
+    );
     let mut last_restart = vec![0usize; batch];
     for iter in 1..=max_iter {
         if !tracker.any_active() {
             break;
         }
         let moving: Vec<bool> = tracker.active().to_vec();
-        // z⁺ = z + Δz with Δz = −B g (frozen samples stay where they are: the tracker masks
-        // their step). Δz itself is never formed: `bg = −Δz` stands in for it below.
-        let residual = tracker.step(map, z.clone() - bg.clone(), &mut z, &mut fz);
-        // B g⁺ with the current B, and the dot products (B g)·(B g⁺) and (B g)·(B g): `bg` is
-        // each moving sample's newest step. The rows of samples that just went non-finite are
-        // NaN; they stay in their own rows and are never stored.
-        // `g⁺` is handed over, so that on flex the product is written in its buffer.
-        let (bg_new, dots) = inverse.apply_with_dots(residual.g);
-        let obs = tracker.record(iter, &mut z, &mut fz, &residual.squares, &[dots]);
+        // z⁺ = z + Δz (frozen samples stay where they are: the tracker masks their step).
+        tracker.step(map, step, &mut z, &mut fz);
+        // B g⁺ with the current B, g⁺'s norms, and the dot products (B g)·(B g⁺) and
+        // (B g)·(B g): `B g` is each moving sample's newest step. The rows of samples that just
+        // went non-finite are NaN; they stay in their own rows and are never stored.
+        let (bg_new, squares, dots) = inverse.apply_to_residual(&z, &fz);
+        let obs = tracker.record(iter, &mut z, &mut fz, &squares, &[dots]);
         // Δz·(B g⁺) = −(B g)·(B g⁺); ‖Δz‖² = ‖B g‖².
         let (minus_v_g_new, dz_dz) = (&obs.extra[0], &obs.extra[1]);
         inverse.set_newest_norms(dz_dz, &moving);
@@ -90,19 +98,6 @@ pub(crate) fn broyden(
                 s_bg[b] = dz_dz[b] / denom;
             }
         }
-        bg = if write.iter().any(|&w| w) {
-            let options = (bg_new.device(), bg_new.dtype());
-            let column =
-                Tensor::<2>::from_data(TensorData::new(s_bg, [batch, 1]), (&options.0, options.1));
-            bg_new * column
-        } else {
-            bg_new
-        };
-        let stepped: Vec<bool> = (0..batch)
-            .map(|b| moving[b] && !obs.non_finite[b])
-            .collect();
-        inverse.push_as_best(bg.clone(), &stepped, &write, &obs.improved);
-
         let restart: Vec<bool> = (0..batch)
             .map(|b| {
                 if !tracker.active()[b] {
@@ -112,6 +107,13 @@ pub(crate) fn broyden(
                 grew || iter - best.max(last_restart[b]) >= RESTART_PATIENCE
             })
             .collect();
+        // The samples that moved to a finite iterate and go on from it store their next step
+        // and move on: z − B⁺ g⁺. A restarting sample's step would be forgotten at once.
+        let pushed: Vec<bool> = (0..batch)
+            .map(|b| moving[b] && !obs.non_finite[b] && !restart[b])
+            .collect();
+        step = inverse.push_step(bg_new, &s_bg, &z, &pushed, &write, &obs.improved);
+
         if restart.iter().any(|&r| r) {
             for (b, &r) in restart.iter().enumerate() {
                 if r {
@@ -121,8 +123,15 @@ pub(crate) fn broyden(
             inverse.reset(&restart);
             tracker.return_to_best(&restart, &mut z, &mut fz);
             let g = fz.clone() - z.clone();
-            bg = where_rows(bg, &restart, inverse.apply_initial(g));
-            inverse.push_as_best(bg.clone(), &restart, &none, &none);
+            let restarted = inverse.push_step(
+                inverse.apply_initial(g),
+                &vec![1.0; batch],
+                &z,
+                &restart,
+                &none,
+                &none,
+            );
+            step = where_rows(step, &restart, restarted);
         }
     }
     (tracker, inverse.into_best())

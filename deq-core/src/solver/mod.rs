@@ -15,7 +15,10 @@ pub(crate) mod product_kernel;
 pub(crate) mod residual_kernel;
 mod stats;
 mod step_inverse;
+#[cfg(feature = "flex")]
+pub(crate) mod step_kernel;
 mod tracker;
+pub(crate) use step_inverse::write_column;
 pub(crate) use tracker::{row_dot, row_norms, where_rows};
 
 use burn::config::Config;

@@ -13,9 +13,9 @@
 //! The loops run on explicit vectors ([`Lanes`]: AVX-512, AVX2 + FMA, or a portable array; the
 //! CPU picks one at run time), with the partial sums in registers and summed in `f64` block by
 //! block.
-use crate::backward::lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
 use crate::backward::lanes::x86;
+use crate::backward::lanes::{Lanes, prefetch};
 use crate::backward::op::{FactorPlan, SamplePlan};
 use crate::isa::{Isa as Kernel, for_each_sample};
 
@@ -41,42 +41,84 @@ impl Steps<'_> {
     }
 }
 
-/// Replaces each row of `w` (row-major `[batch, dim]`, holding `x` on entry) by the product of
-/// `plan` with it, and writes `dots` (`[batch, 2]`), per sample `y · w` and `y · y` for its
-/// newest step `y` (zeros where the plan names none). In place: the caller's buffer (often
-/// `x`'s own) is the output.
+/// Where a product's `x` comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Input<'a> {
+    /// `w` holds `x` on entry.
+    InPlace,
+    /// `x = fz − z`, the residual of fixed-point iterates (row-major `[batch, dim]` each),
+    /// written to `w` by the product's first sweep, which also takes `‖x‖²` and `‖fz‖²`.
+    Residual {
+        /// The iterates.
+        z: &'a [f32],
+        /// Their images.
+        fz: &'a [f32],
+    },
+}
+
+/// Replaces each row of `w` (row-major `[batch, dim]`) by the product of `plan` with `x` (see
+/// [`Input`]), and writes per sample to `values` (`[batch, width]`): with
+/// [`Input::Residual`], `‖x‖²` and `‖fz‖²`, then in both cases `y · w` and `y · y` for the
+/// sample's newest step `y` (zeros where the plan names none). `width` is 4 with a residual, 2
+/// without. In place: the caller's buffer (often `x`'s own) is the output.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say, or the plan has another number of samples.
 pub(crate) fn factor_product(
     steps: Steps<'_>,
+    input: Input<'_>,
     w: &mut [f32],
     dim: usize,
     plan: &FactorPlan,
-    dots: &mut [f32],
+    values: &mut [f32],
 ) {
     let batch = plan.samples.len();
+    let width = match input {
+        Input::InPlace => 2,
+        Input::Residual { z, fz } => {
+            assert!(
+                z.len() == batch * dim && fz.len() == batch * dim,
+                "factor_product: z {} / fz {} for batch {batch} × dim {dim}",
+                z.len(),
+                fz.len()
+            );
+            4
+        }
+    };
     assert!(
-        w.len() == batch * dim && dots.len() == 2 * batch,
-        "factor_product: w {} / dots {} for batch {batch} × dim {dim}",
+        w.len() == batch * dim && values.len() == width * batch,
+        "factor_product: w {} / values {} for batch {batch} × dim {dim}",
         w.len(),
-        dots.len()
+        values.len()
     );
     if dim == 0 {
-        dots.fill(0.0);
+        values.fill(0.0);
         return;
     }
     let kernel = Kernel::detect();
-    for_each_sample(w, dim, dots, |b, w, dots| {
+    for_each_sample(w, dim, values, width, |b, w, values| {
+        let residual = match input {
+            Input::InPlace => None,
+            Input::Residual { z, fz } => Some((&z[b * dim..][..dim], &fz[b * dim..][..dim])),
+        };
         let sample = Sample {
             steps,
             b,
             plan: &plan.samples[b],
             negate: plan.negate,
+            residual,
         };
-        let found = kernel.run(&sample, w);
-        dots[0] = found[0] as f32;
-        dots[1] = found[1] as f32;
+        let (dots, squares) = kernel.run(&sample, w);
+        let out = match residual {
+            Some(_) => {
+                values[0] = squares[0] as f32;
+                values[1] = squares[1] as f32;
+                &mut values[2..]
+            }
+            None => values,
+        };
+        out[0] = dots[0] as f32;
+        out[1] = dots[1] as f32;
     });
 }
 
@@ -86,10 +128,13 @@ struct Sample<'a> {
     b: usize,
     plan: &'a SamplePlan,
     negate: bool,
+    /// The sample's `z` and `fz` when `x` is their residual (otherwise `w` holds `x`).
+    residual: Option<(&'a [f32], &'a [f32])>,
 }
 
 impl Kernel {
-    fn run(self, s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+    /// One sample: its dots and, with a residual, its squares (zeros without).
+    fn run(self, s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
         match self {
             // SAFETY: `detect` chose these only where the CPU has the features they are
             // compiled for.
@@ -104,54 +149,128 @@ impl Kernel {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn sample_avx512(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+unsafe fn sample_avx512(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
     sample::<x86::Avx512>(s, w)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sample_avx2_fma(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+unsafe fn sample_avx2_fma(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
     sample::<x86::Avx2>(s, w)
 }
 
-/// One sample, in place (`w` holds `x` on entry): the first factor's dot product, then one
+/// One sample, in place: `x` (from `w`, or the residual written to `w` by the first sweep,
+/// which also takes the first factor's dot product), the first factor's dot product, then one
 /// sweep per factor (with the next factor's dot product when the chain continues; the last
 /// sweep also applies the sign), then `[y · w, y · y]` (from the last sweep when it was over
-/// `y`). Without factors, one sweep applies the sign and takes the dot products.
+/// `y`). Without factors, one sweep applies the sign and takes the dot products. Returns the
+/// dots and the residual's squares (zeros without one).
 #[inline(always)]
-fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> [f64; 2] {
+fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
     let dim = w.len();
     let row = |slot: usize| s.steps.row(s.b, slot, dim);
     let factors = &s.plan.factors;
     let sign = if s.negate { -1.0 } else { 1.0 };
+    // The row that the sweeps of factor `i` read first (its `a`, or its `d` where the chain
+    // breaks), prefetched during the sweep before; after the last factor, the newest step
+    // when that is not the last `a`. (Prefetching the next sample's first step there made the
+    // products slower on the machine of `docs/RESULTS.md`.)
+    let after = |i: usize| -> &[f32] {
+        match factors.get(i) {
+            Some(f) if i > 0 && factors[i - 1].axpy != f.dot => row(f.dot),
+            Some(f) => row(f.axpy),
+            None => match s.plan.newest {
+                Some(y) if factors.last().is_none_or(|f| f.axpy != y) => row(y),
+                _ => &[],
+            },
+        }
+    };
+    let (mut next, squares) = match s.residual {
+        Some((z, fz)) => {
+            // Without factors the dot product is taken with `fz` (already read) and dropped.
+            let d = factors.first().map_or(fz, |f| row(f.dot));
+            let [g2, f2, dg] = residual_dot::<L>(z, fz, w, d, after(0));
+            (factors.first().map(|_| dg), [g2, f2])
+        }
+        None => (
+            factors.first().map(|f| dot::<L>(row(f.dot), w, after(0))),
+            [0.0; 2],
+        ),
+    };
     if factors.is_empty() {
         let y = s.plan.newest.map(row);
         let found = scale_dots::<L>(w, sign, y);
-        return if y.is_some() { found } else { [0.0; 2] };
+        return (if y.is_some() { found } else { [0.0; 2] }, squares);
     }
-    let mut next = Some(dot::<L>(row(factors[0].dot), w));
     let mut last = None;
     for (i, f) in factors.iter().enumerate() {
         let d = match next.take() {
             Some(d) => d,
-            None => dot::<L>(row(f.dot), w),
+            None => dot::<L>(row(f.dot), w, row(f.axpy)),
         };
         let final_sweep = i + 1 == factors.len();
         let sign = if final_sweep { sign } else { 1.0 };
-        let (aw, aa) = axpy_dots::<L>(w, row(f.axpy), (f.scale * d) as f32, sign);
+        let (aw, aa) = axpy_dots::<L>(w, row(f.axpy), (f.scale * d) as f32, sign, after(i + 1));
         if factors.get(i + 1).is_some_and(|n| n.dot == f.axpy) {
             next = Some(aw);
         }
         last = (final_sweep && s.plan.newest == Some(f.axpy)).then_some([aw, aa]);
     }
-    match (s.plan.newest, last) {
+    let dots = match (s.plan.newest, last) {
         (Some(_), Some(found)) => found,
         (Some(y), None) => {
             let y = row(y);
-            [dot::<L>(y, w), dot::<L>(y, y)]
+            [dot::<L>(y, w, &[]), dot::<L>(y, y, &[])]
         }
         (None, _) => [0.0; 2],
+    };
+    (dots, squares)
+}
+
+/// `w ← fz − z`, returning `[‖w‖², ‖fz‖², d · w]` with the new `w`, in one sweep (partial sums
+/// in three vectors, summed in `f64` per [`BLOCK`]); `ahead` as for [`dot`].
+#[inline(always)]
+fn residual_dot<L: Lanes>(
+    z: &[f32],
+    fz: &[f32],
+    w: &mut [f32],
+    d: &[f32],
+    ahead: &[f32],
+) -> [f64; 3] {
+    let (n, minus) = (L::WIDTH, L::splat(-1.0));
+    let mut total = [0f64; 3];
+    let blocks = z
+        .chunks(BLOCK)
+        .zip(fz.chunks(BLOCK))
+        .zip(w.chunks_mut(BLOCK))
+        .zip(d.chunks(BLOCK));
+    for (k, (((z, fz), w), d)) in blocks.enumerate() {
+        let base = k * BLOCK;
+        let mut s = [L::zero(); 3];
+        let whole = z.len() / n * n;
+        for i in (0..whole).step_by(n) {
+            prefetch_lines(ahead, base + i, n);
+            let f = L::load(&fz[i..]);
+            // fz − z, rounded once like the subtraction.
+            let g = L::load(&z[i..]).madd(minus, f);
+            g.store(&mut w[i..]);
+            s[0] = g.madd(g, s[0]);
+            s[1] = f.madd(f, s[1]);
+            s[2] = L::load(&d[i..]).madd(g, s[2]);
+        }
+        let mut t = [lane_sum(s[0]), lane_sum(s[1]), lane_sum(s[2])];
+        for i in whole..z.len() {
+            let g = fz[i] - z[i];
+            w[i] = g;
+            t[0] += g * g;
+            t[1] += fz[i] * fz[i];
+            t[2] += d[i] * g;
+        }
+        for k in 0..3 {
+            total[k] += t[k] as f64;
+        }
     }
+    total
 }
 
 /// `w ← sign · w`, returning `(y · w, y · y)` with the new `w` when `y` is given.
@@ -165,7 +284,7 @@ fn scale_dots<L: Lanes>(w: &mut [f32], sign: f32, y: Option<&[f32]>) -> [f64; 2]
     // A `match`, not a closure: a closure would not get this function's target features, and
     // the vector intrinsics inside would not be inlined.
     match y {
-        Some(y) => [dot::<L>(y, w), dot::<L>(y, y)],
+        Some(y) => [dot::<L>(y, w, &[]), dot::<L>(y, y, &[])],
         None => [0.0; 2],
     }
 }
@@ -178,15 +297,29 @@ fn lane_sum<L: Lanes>(v: L) -> f32 {
     lanes[..L::WIDTH].iter().sum()
 }
 
-/// `a · b`: four vectors of partial sums, summed in `f64` per [`BLOCK`].
+/// Values per cache line.
+const LINE: usize = 16;
+
+/// Prefetches the lines of `ahead` that hold entries `at..at + count` (see [`prefetch`]).
 #[inline(always)]
-fn dot<L: Lanes>(a: &[f32], b: &[f32]) -> f64 {
+fn prefetch_lines(ahead: &[f32], at: usize, count: usize) {
+    for k in (0..count).step_by(LINE) {
+        prefetch(ahead, at + k);
+    }
+}
+
+/// `a · b`: four vectors of partial sums, summed in `f64` per [`BLOCK`]; `ahead` (the row the
+/// next sweep reads, or empty) is prefetched on the way, line for line.
+#[inline(always)]
+fn dot<L: Lanes>(a: &[f32], b: &[f32], ahead: &[f32]) -> f64 {
     let (n, one) = (L::WIDTH, L::splat(1.0));
     let mut total = 0f64;
-    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+    for (k, (a, b)) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
+        let base = k * BLOCK;
         let mut s = [L::zero(); 4];
         let whole = a.len() / (4 * n) * (4 * n);
         for i in (0..whole).step_by(4 * n) {
+            prefetch_lines(ahead, base + i, 4 * n);
             for (k, s) in s.iter_mut().enumerate() {
                 let at = i + k * n;
                 *s = L::load(&a[at..]).madd(L::load(&b[at..]), *s);
@@ -200,16 +333,18 @@ fn dot<L: Lanes>(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// `w ← sign · (w + c a)`, returning `(a · w, a · a)` with the updated `w`, in one sweep: two
-/// vectors of partial sums each, summed in `f64` per [`BLOCK`].
+/// vectors of partial sums each, summed in `f64` per [`BLOCK`]; `ahead` as for [`dot`].
 #[inline(always)]
-fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], c: f32, sign: f32) -> (f64, f64) {
+fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], c: f32, sign: f32, ahead: &[f32]) -> (f64, f64) {
     let (n, one) = (L::WIDTH, L::splat(1.0));
     let (sc, sg, zero) = (L::splat(sign * c), L::splat(sign), L::zero());
     let (mut aw, mut aa) = (0f64, 0f64);
-    for (w, a) in w.chunks_mut(BLOCK).zip(a.chunks(BLOCK)) {
+    for (k, (w, a)) in w.chunks_mut(BLOCK).zip(a.chunks(BLOCK)).enumerate() {
+        let base = k * BLOCK;
         let (mut s, mut t) = ([L::zero(); 2], [L::zero(); 2]);
         let whole = a.len() / (2 * n) * (2 * n);
         for i in (0..whole).step_by(2 * n) {
+            prefetch_lines(ahead, base + i, 2 * n);
             for k in 0..2 {
                 let at = i + k * n;
                 let ak = L::load(&a[at..]);
@@ -264,7 +399,8 @@ mod tests {
     /// Every kernel this CPU runs, on a ring of 5 slots with `dim` not a multiple of the lanes
     /// or the block: a chain that wraps around the ring and ends at the newest step (the last
     /// sweep gives the dots), a chain broken by a skipped update with the newest step after it
-    /// (a sweep of its own), no factors, and no newest step; from `x` and from `−x`.
+    /// (a sweep of its own), no factors, and no newest step; from `x` and from `−x`, with `x`
+    /// in `w` and `x` the residual of `z` and `fz` (with its squared norms).
     #[test]
     fn every_kernel_matches_the_definition() {
         let (slots, dim) = (5, 2 * BLOCK + 32 + 7);
@@ -295,64 +431,100 @@ mod tests {
         let data: Vec<f32> = (0..batch * slots * dim)
             .map(|i| value(1, i) * 0.1)
             .collect();
-        let x: Vec<f32> = (0..batch * dim).map(|i| value(2, i)).collect();
+        let z: Vec<f32> = (0..batch * dim).map(|i| value(2, i)).collect();
+        let fz: Vec<f32> = (0..batch * dim).map(|i| 0.5 * value(3, i)).collect();
+        // `x` in place, and `x` as the residual `fz − z` (then `w` starts as garbage).
+        let x_of_residual: Vec<f32> = fz.iter().zip(&z).map(|(f, z)| f - z).collect();
         let steps = Steps {
             data: &data,
             sample_stride: slots * dim,
             slot_stride: dim,
         };
-        for negate in [true, false] {
-            let plan = FactorPlan {
-                negate,
-                samples: plans.to_vec(),
-            };
-            for &kernel in &Kernel::supported() {
-                let mut w = x.clone();
-                let mut dots = vec![[f64::NAN; 2]; batch];
-                for (b, found) in dots.iter_mut().enumerate() {
-                    let sample = Sample {
-                        steps,
-                        b,
-                        plan: &plan.samples[b],
-                        negate,
-                    };
-                    *found = kernel.run(&sample, &mut w[b * dim..(b + 1) * dim]);
-                }
-                let mut whole = x.clone();
-                let mut whole_dots = vec![f32::NAN; 2 * batch];
-                factor_product(steps, &mut whole, dim, &plan, &mut whole_dots);
-                for b in 0..batch {
-                    let f64s = |s: &[f32]| s.iter().map(|&v| v as f64).collect::<Vec<_>>();
-                    let rows: Vec<Vec<f64>> =
-                        (0..slots).map(|j| f64s(steps.row(b, j, dim))).collect();
-                    let (ew, ed) = reference(
-                        &rows,
-                        &f64s(&x[b * dim..(b + 1) * dim]),
-                        &plan.samples[b],
-                        negate,
-                    );
-                    let got = [
-                        dots[b],
-                        [whole_dots[2 * b] as f64, whole_dots[2 * b + 1] as f64],
-                    ];
-                    for (name, got) in [("kernel", got[0]), ("factor_product", got[1])] {
-                        for k in 0..2 {
-                            assert!(
-                                (got[k] - ed[k]).abs() < 1e-4 * (1.0 + ed[k].abs()),
-                                "{name} {kernel:?}, sample {b}, negate {negate}, dot {k}: {} against {}",
-                                got[k],
-                                ed[k]
-                            );
-                        }
+        let inputs = [
+            (Input::InPlace, z.clone(), z.clone()),
+            (
+                Input::Residual { z: &z, fz: &fz },
+                x_of_residual,
+                vec![f32::NAN; batch * dim],
+            ),
+        ];
+        for (input, x, start) in inputs {
+            let with_residual = matches!(input, Input::Residual { .. });
+            let width = if with_residual { 4 } else { 2 };
+            for negate in [true, false] {
+                let plan = FactorPlan {
+                    negate,
+                    samples: plans.to_vec(),
+                };
+                for &kernel in &Kernel::supported() {
+                    let mut w = start.clone();
+                    let mut found = vec![([f64::NAN; 2], [f64::NAN; 2]); batch];
+                    for (b, found) in found.iter_mut().enumerate() {
+                        let rows = b * dim..(b + 1) * dim;
+                        let sample = Sample {
+                            steps,
+                            b,
+                            plan: &plan.samples[b],
+                            negate,
+                            residual: with_residual.then(|| (&z[rows.clone()], &fz[rows.clone()])),
+                        };
+                        *found = kernel.run(&sample, &mut w[rows]);
                     }
-                    for (name, got) in [("kernel", &w), ("factor_product", &whole)] {
-                        for i in 0..dim {
-                            let g = got[b * dim + i] as f64;
-                            assert!(
-                                (g - ew[i]).abs() < 1e-3 * (1.0 + ew[i].abs()),
-                                "{name} {kernel:?}, sample {b}, negate {negate}, entry {i}: {g} against {}",
-                                ew[i]
-                            );
+                    let mut whole = start.clone();
+                    let mut values = vec![f32::NAN; width * batch];
+                    factor_product(steps, input, &mut whole, dim, &plan, &mut values);
+                    for b in 0..batch {
+                        let f64s = |s: &[f32]| s.iter().map(|&v| v as f64).collect::<Vec<_>>();
+                        let rows: Vec<Vec<f64>> =
+                            (0..slots).map(|j| f64s(steps.row(b, j, dim))).collect();
+                        let xb = f64s(&x[b * dim..(b + 1) * dim]);
+                        let (ew, ed) = reference(&rows, &xb, &plan.samples[b], negate);
+                        let fb = f64s(&fz[b * dim..(b + 1) * dim]);
+                        let norm = |v: &[f64]| v.iter().map(|v| v * v).sum::<f64>();
+                        let es = if with_residual {
+                            [norm(&xb), norm(&fb)]
+                        } else {
+                            [0.0; 2]
+                        };
+                        let row = &values[width * b..width * (b + 1)];
+                        let whole_found = if with_residual {
+                            (
+                                [row[2] as f64, row[3] as f64],
+                                [row[0] as f64, row[1] as f64],
+                            )
+                        } else {
+                            ([row[0] as f64, row[1] as f64], [0.0; 2])
+                        };
+                        let case = |name: &str| {
+                            format!(
+                                "{name} {kernel:?}, residual {with_residual}, sample {b}, negate {negate}"
+                            )
+                        };
+                        for (name, (dots, squares)) in
+                            [("kernel", found[b]), ("factor_product", whole_found)]
+                        {
+                            for k in 0..2 {
+                                for (what, got, expected) in
+                                    [("dot", dots[k], ed[k]), ("square", squares[k], es[k])]
+                                {
+                                    assert!(
+                                        (got - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                                        "{}, {what} {k}: {got} against {expected}",
+                                        case(name)
+                                    );
+                                }
+                            }
+                        }
+                        for (name, got) in [("kernel", &w), ("factor_product", &whole)] {
+                            for i in 0..dim {
+                                let g = got[b * dim + i] as f64;
+                                assert!(
+                                    (g - ew[i]).abs() < 1e-3 * (1.0 + ew[i].abs()),
+                                    "{}, entry {i}: {g} against {}",
+                                    case(name),
+                                    ew[i]
+                                );
+                            }
                         }
                     }
                 }

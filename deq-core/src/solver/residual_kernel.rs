@@ -31,7 +31,7 @@ pub(crate) fn residual(z: &[f32], fz: &[f32], dim: usize, g: &mut [f32], squares
         squares.len()
     );
     let isa = Isa::detect();
-    for_each_sample(g, dim, squares, |b, g, out| {
+    for_each_sample(g, dim, squares, 2, |b, g, out| {
         let rows = b * dim..(b + 1) * dim;
         let found = isa.residual(&z[rows.clone()], &fz[rows], g);
         out[0] = found[0] as f32;

@@ -3,7 +3,9 @@ use burn::tensor::Tensor;
 
 use super::map::{row_index, row_runs};
 use super::tracker::where_rows;
-use crate::backward::op::{FactorPlan, PlanFactor, SamplePlan, factor_product};
+use crate::backward::op::{
+    FactorPlan, PlanFactor, SamplePlan, factor_product, push_step, residual_factor_product,
+};
 
 /// Per-sample inverse-Jacobian estimate `B ≈ J_g⁻¹` of limited-memory ("good") Broyden (see
 /// `shine-math.md`) in product form, stored as the solver's steps: Kelley's representation
@@ -231,6 +233,26 @@ impl StepInverse {
         factor_product(self.steps.clone(), x, &self.plan(false, true))
     }
 
+    /// [`apply_with_dots`](Self::apply_with_dots) of the residual `fz − z` of fixed-point
+    /// iterates (`[batch, dim]` each), with that residual's squared norms: `(B (fz − z),
+    /// squares, dots)`, `squares` per sample `‖fz − z‖²` and `‖fz‖²` (`[batch, 2]`). Without a
+    /// base matrix the residual is taken in the product's first pass on flex (see
+    /// [`crate::backward::op::residual_factor_product`]).
+    pub fn apply_to_residual(
+        &self,
+        z: &Tensor<2>,
+        fz: &Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+        match &self.base {
+            None => residual_factor_product(self.steps.clone(), z, fz, &self.plan(false, true)),
+            Some(_) => {
+                let (g, squares) = crate::backward::op::residual(z.clone(), fz.clone());
+                let (w, dots) = self.apply_with_dots(g);
+                (w, squares, dots)
+            }
+        }
+    }
+
     /// `Bᵀ x` per sample: what SHINE needs. `x`: `[batch, dim]`.
     pub fn apply_transposed(&self, x: Tensor<2>) -> Tensor<2> {
         let (w, _) = factor_product(self.steps.clone(), x, &self.plan(true, false));
@@ -263,34 +285,79 @@ impl StepInverse {
         secant: &[bool],
         now_best: &[bool],
     ) {
+        let next = self.prepare_push(rows, secant, now_best);
+        let mut targets: Vec<usize> = next.iter().flatten().copied().collect();
+        targets.sort_unstable();
+        targets.dedup();
+        for slot in targets {
+            let selected: Vec<bool> = next.iter().map(|&j| j == Some(slot)).collect();
+            let steps = self.take_steps();
+            self.steps = write_column(steps, slot, &selected, &b);
+        }
+        self.finish_push(&next, secant, now_best);
+    }
+
+    /// One Broyden step with its push: [`push_as_best`](Self::push_as_best) of the steps
+    /// `scale[s] · w_s` (`w`: `[batch, dim]`), and the next iterates, `z_s − scale[s] · w_s` for
+    /// the samples pushed and `z_s` for the others (`z`: `[batch, dim]`).
+    ///
+    /// `w` is handed over: on flex the ring and the next iterates are written in one pass, the
+    /// latter in `w`'s buffer (see [`crate::backward::op::push_step`]).
+    pub fn push_step(
+        &mut self,
+        w: Tensor<2>,
+        scale: &[f64],
+        z: &Tensor<2>,
+        rows: &[bool],
+        secant: &[bool],
+        now_best: &[bool],
+    ) -> Tensor<2> {
+        let next = self.prepare_push(rows, secant, now_best);
+        let steps = self.take_steps();
+        let (steps, z_next) = push_step(steps, w, z, scale, &next);
+        self.steps = steps;
+        self.finish_push(&next, secant, now_best);
+        z_next
+    }
+
+    /// Before a push: per sample, the slot it writes (its oldest, or the next free one) when
+    /// `rows` is true, with the steps that a best matrix still needs saved first.
+    fn prepare_push(
+        &mut self,
+        rows: &[bool],
+        secant: &[bool],
+        now_best: &[bool],
+    ) -> Vec<Option<usize>> {
         let (batch, slots) = (self.pushes.len(), self.slots());
         assert!(
             rows.len() == batch && secant.len() == batch && now_best.len() == batch,
             "one flag per sample"
         );
-        if rows.iter().any(|&r| r) {
-            let next: Vec<usize> = (0..batch)
-                .map(|s| self.newest(s).map_or(0, |j| (j + 1) % slots))
+        let next: Vec<Option<usize>> = (0..batch)
+            .map(|s| rows[s].then(|| self.newest(s).map_or(0, |j| (j + 1) % slots)))
+            .collect();
+        let mut targets: Vec<usize> = next.iter().flatten().copied().collect();
+        targets.sort_unstable();
+        targets.dedup();
+        for slot in targets {
+            let keep: Vec<bool> = (0..batch)
+                .map(|s| next[s] == Some(slot) && !now_best[s] && self.needed_by_best(s, slot))
                 .collect();
-            let mut targets: Vec<usize> =
-                (0..batch).filter(|&s| rows[s]).map(|s| next[s]).collect();
-            targets.sort_unstable();
-            targets.dedup();
-            for slot in targets {
-                let selected: Vec<bool> = (0..batch).map(|s| rows[s] && next[s] == slot).collect();
-                // Save the steps that a best matrix still needs before overwriting them.
-                let keep: Vec<bool> = (0..batch)
-                    .map(|s| selected[s] && !now_best[s] && self.needed_by_best(s, slot))
-                    .collect();
-                if keep.iter().any(|&k| k) {
-                    self.evicted.push(Evicted::save(self, slot, keep));
-                }
-                let steps = self.take_steps();
-                self.steps = write_column(steps, slot, &selected, &b);
+            if keep.iter().any(|&k| k) {
+                self.evicted.push(Evicted::save(self, slot, keep));
             }
-            for s in (0..batch).filter(|&s| rows[s]) {
+        }
+        next
+    }
+
+    /// After a push into the slots `next`: the samples' push counts and the slots' stamps,
+    /// secant flags and (unknown) norms, then [`mark_best`](Self::mark_best).
+    fn finish_push(&mut self, next: &[Option<usize>], secant: &[bool], now_best: &[bool]) {
+        let slots = self.slots();
+        for (s, slot) in next.iter().enumerate() {
+            if let Some(j) = *slot {
                 self.pushes[s] += 1;
-                let k = s * slots + next[s];
+                let k = s * slots + j;
                 self.stamp[k] = self.pushes[s];
                 self.secant[k] = secant[s];
                 self.norm[k] = f64::NAN;
@@ -459,7 +526,12 @@ const MAX_RUNS: usize = 4;
 /// The selected rows are written run by run (a run: consecutive selected rows) when there are
 /// at most [`MAX_RUNS`] runs: the column is never read. Otherwise the old column is read
 /// (a strided view, copied) and merged with `value` under a row mask.
-fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -> Tensor<3> {
+pub(crate) fn write_column(
+    buf: Tensor<3>,
+    slot: usize,
+    rows: &[bool],
+    value: &Tensor<2>,
+) -> Tensor<3> {
     let [batch, _, dim] = buf.dims();
     let runs = row_runs(rows);
     if runs.len() <= MAX_RUNS {
@@ -577,7 +649,8 @@ mod tests {
     }
 
     /// The product form is Broyden's update: driven through the solver's sequence of products
-    /// and pushes, with arbitrary residuals, it holds the matrix of the additive update
+    /// (of residuals `fz − z` with their norms, and of given vectors) and pushes with the step
+    /// (`push_step`), with arbitrary residuals, it holds the matrix of the additive update
     /// `B⁺ = B + u vᵀ` (`v = Bᵀ Δz`, `u = (Δz − B Δg) / (vᵀ Δg)`), computed densely in f64, and
     /// its products, transposed products and dot products agree with that matrix. On flex `f32`
     /// (the fused kernel) and `f64` (the tensor operations).
@@ -604,8 +677,30 @@ mod tests {
             let all = vec![true; batch];
             inverse.push_as_best(tensor(&bg), &all, &[false; 2], &all);
             for k in 1..=updates {
+                // Even updates: the product of a residual `fz − z` as the solver takes it, with
+                // its norms; odd ones: the product of a given vector.
+                let z: Vec<Vec<f64>> = (0..batch).map(|b| vector(50 + 10 * k + b, n)).collect();
                 let g_new: Vec<Vec<f64>> = (0..batch).map(|b| vector(10 * k + b, n)).collect();
-                let (w, dots) = inverse.apply_with_dots(tensor(&g_new));
+                let fz: Vec<Vec<f64>> = (0..batch)
+                    .map(|b| z[b].iter().zip(&g_new[b]).map(|(z, g)| z + g).collect())
+                    .collect();
+                let (w, dots) = if k % 2 == 0 {
+                    let (w, squares, dots) = inverse.apply_to_residual(&tensor(&z), &tensor(&fz));
+                    let squares = host(squares);
+                    for b in 0..batch {
+                        let expected = [dot(&g_new[b], &g_new[b]), dot(&fz[b], &fz[b])];
+                        for (got, expected) in squares[2 * b..2 * b + 2].iter().zip(expected) {
+                            assert!(
+                                (got - expected).abs() < tol * (1.0 + expected),
+                                "{dtype:?} update {k}: squares {got} against {expected}"
+                            );
+                        }
+                    }
+                    (w, dots)
+                } else {
+                    inverse.apply_with_dots(tensor(&g_new))
+                };
+                let w_tensor = w.clone();
                 let (w, dots) = (host(w), host(dots));
                 let mut norms = vec![0.0; batch];
                 let mut scales = vec![0.0; batch];
@@ -643,7 +738,18 @@ mod tests {
                             .collect()
                     })
                     .collect();
-                inverse.push_as_best(tensor(&next), &all, &all, &all);
+                // The step and its push in one pass, as the solver runs them: the next iterate
+                // is `z − next`.
+                let stepped =
+                    host(inverse.push_step(w_tensor, &scales, &tensor(&z), &all, &all, &all));
+                for b in 0..batch {
+                    let expected: Vec<f64> =
+                        z[b].iter().zip(&next[b]).map(|(z, s)| z - s).collect();
+                    assert!(
+                        rel_err(&stepped[b * n..(b + 1) * n], &expected) < tol,
+                        "{dtype:?} update {k}: next iterate"
+                    );
+                }
                 g = g_new;
                 bg = (0..batch).map(|b| matvec(&dense[b], &g[b])).collect();
                 for b in 0..batch {

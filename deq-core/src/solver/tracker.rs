@@ -103,23 +103,23 @@ impl Tracker {
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
     ) -> Observation {
-        let residual = self.step(map, step, z, fz);
+        self.step(map, step, z, fz);
+        let residual = Residual::of(z, fz);
         self.record(iter, z, fz, &residual.squares, &[])
     }
 
     /// Moves the active samples to `step` (frozen ones stay where they are) and evaluates `map`
-    /// there; `z` and `fz` are updated in place. Returns the residual `g = F(z) − z`. Nothing
-    /// is recorded until [`record`](Self::record).
+    /// there; `z` and `fz` are updated in place. Nothing is recorded until
+    /// [`record`](Self::record).
     pub fn step(
         &mut self,
         map: &mut dyn BatchMap,
         step: Tensor<2>,
         z: &mut Tensor<2>,
         fz: &mut Tensor<2>,
-    ) -> Residual {
+    ) {
         *z = where_rows(step, &self.frozen(), z.clone());
         *fz = self.evaluate(map, z, fz);
-        Residual::of(z, fz)
     }
 
     /// `F(z)` after a step: on the active samples only when some have stopped, the tensors are
@@ -302,9 +302,10 @@ pub(crate) fn row_dot(a: &Tensor<2>, b: &Tensor<2>) -> Tensor<2> {
 
 /// `tensor` with the rows where `rows` is true taken from `value` (both `[batch, dim]`).
 ///
-/// No work when no row (or every row) is selected. In host memory the selected rows are
-/// copied run by run (a run: consecutive selected rows) into `tensor`, in place when it is
-/// not shared: only those rows are read and written. On a GPU, one `mask_where` under a
+/// No work when no row (or every row) is selected. On flex (without autodiff) one host loop
+/// copies the selected rows into `tensor` (see [`crate::backward::op::copy_rows`]). In other
+/// host memory the selected rows are copied run by run (a run: consecutive selected rows) into
+/// `tensor`, in place when it is not shared: only those rows are read and written. On a GPU, one `mask_where` under a
 /// `[batch, 1]` column of flags broadcast along `dim` (so that `batch` flags cross the bus,
 /// not `batch · dim`, and one kernel runs however many runs there are).
 pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> Tensor<2> {
@@ -316,6 +317,10 @@ pub(crate) fn where_rows(tensor: Tensor<2>, rows: &[bool], value: Tensor<2>) -> 
     }
     let [batch, dim] = value.dims();
     let device = value.device();
+    let mut tensor = tensor;
+    if crate::backward::op::copy_rows(&mut tensor, rows, &value) {
+        return tensor;
+    }
     if crate::device::is_host_memory(&device) {
         return row_runs(rows)
             .into_iter()
@@ -415,32 +420,46 @@ mod tests {
         }
     }
 
-    /// Host rows are copied run by run; the unselected rows keep their values, and a tensor
-    /// shared with another handle is not changed through it.
+    /// On every host route (flex's row copies for `f32` and `f64`, the run-by-run copies of an
+    /// autodiff tensor), in place and into a shared tensor: exactly the selected rows are taken,
+    /// the others keep their values, and a tensor shared with another handle is not changed
+    /// through it.
     #[test]
     fn where_rows_takes_exactly_the_selected_rows() {
         let (batch, dim) = (6, 5);
         let device = crate::device::cpu();
-        let t = |offset: f64| {
-            let values: Vec<f64> = (0..batch * dim).map(|i| i as f64 + offset).collect();
-            Tensor::<2>::from_data(TensorData::new(values, [batch, dim]), &device)
-        };
         let rows = [true, false, true, true, false, true];
-        let (tensor, value) = (t(0.0), t(1000.0));
-        let kept = tensor.clone();
-        let merged: Vec<f64> = where_rows(tensor, &rows, value)
-            .into_data()
-            .iter::<f64>()
-            .collect();
-        for (i, got) in merged.iter().enumerate() {
-            let expected = if rows[i / dim] {
-                i as f64 + 1000.0
-            } else {
-                i as f64
+        for (dtype, autodiff) in [(DType::F32, false), (DType::F64, false), (DType::F32, true)] {
+            let t = |offset: f64| {
+                let values: Vec<f64> = (0..batch * dim).map(|i| i as f64 + offset).collect();
+                let t =
+                    Tensor::<2>::from_data(TensorData::new(values, [batch, dim]), (&device, dtype));
+                if autodiff { t.autodiff() } else { t }
             };
-            assert_eq!(*got, expected, "entry {i}");
+            for shared in [false, true] {
+                let case = format!("{dtype:?}, autodiff {autodiff}, shared {shared}");
+                let (tensor, value) = (t(0.0), t(1000.0));
+                let kept = shared.then(|| tensor.clone());
+                let merged: Vec<f64> = where_rows(tensor, &rows, value)
+                    .into_data()
+                    .iter::<f64>()
+                    .collect();
+                for (i, got) in merged.iter().enumerate() {
+                    let expected = if rows[i / dim] {
+                        i as f64 + 1000.0
+                    } else {
+                        i as f64
+                    };
+                    assert_eq!(*got, expected, "{case}: entry {i}");
+                }
+                if let Some(kept) = kept {
+                    let kept: Vec<f64> = kept.into_data().iter::<f64>().collect();
+                    assert!(
+                        kept.iter().enumerate().all(|(i, v)| *v == i as f64),
+                        "{case}: the shared tensor changed"
+                    );
+                }
+            }
         }
-        let kept: Vec<f64> = kept.into_data().iter::<f64>().collect();
-        assert!(kept.iter().enumerate().all(|(i, v)| *v == i as f64));
     }
 }
