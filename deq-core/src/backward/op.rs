@@ -1,11 +1,13 @@
 //! Custom backend ops: the ONE place in the project that touches Burn's backend internals
-//! (the autodiff graph and backend primitives). Five ops: the gradient-replacing identity that
+//! (the autodiff graph and backend primitives). The ops: the gradient-replacing identity that
 //! carries every backward mode (and, in a value-replacing form, the fused [`group_norm`]),
 //! [`conv2d_same`], a convolution with cheaper gradients (computed on flex by the direct loop of
 //! `direct_conv`), the fused [`batch_norm_train`] (its backward a host loop on flex),
 //! [`factor_product`], the Broyden solver's product with its inverse estimate and the dot
-//! products of its update, and [`residual`], an iterate's residual with its norms (both fused
-//! on flex).
+//! products of its update (also of an iterate's residual, [`residual_factor_product`]),
+//! [`push_step`], the solver's step with the write of its vector, and [`residual`], an
+//! iterate's residual with its norms (all fused on flex), and `copy_rows`, the row copies of
+//! the solvers' per-sample bookkeeping on flex.
 //!
 //! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
@@ -189,7 +191,7 @@ pub trait DeqOps: Backend {
     }
 
     /// `tensor` (`[batch, dim]`) with the rows where `rows` is true copied from `value` (same
-    /// shape and dtype): see [`copy_rows`]. `None`, the default, where the caller's tensor
+    /// shape and dtype): see `op::copy_rows`. `None`, the default, where the caller's tensor
     /// operations run instead; flex overrides it with row copies on the host.
     #[allow(unused_variables)]
     fn copy_rows(
@@ -439,11 +441,7 @@ impl DeqOps for Flex {
         }
         let steps = FlexSteps::of(steps);
         let (batch, dim) = (steps.batch, steps.dim);
-        let mut w = if x.is_contiguous() && x.layout().start_offset() == 0 && x.is_unique() {
-            x
-        } else {
-            x.to_contiguous()
-        };
+        let mut w = writable(x);
         let mut dots = vec![0f32; 2 * batch];
         factor_product(
             steps.view(),
@@ -508,14 +506,7 @@ impl DeqOps for Flex {
         if [&steps, &w, &z].iter().any(|t| t.dtype() != DType::F32) {
             return None;
         }
-        let owned = |t: FloatTensor<Self>| {
-            if t.is_contiguous() && t.layout().start_offset() == 0 && t.is_unique() {
-                t
-            } else {
-                t.to_contiguous()
-            }
-        };
-        let (mut steps, mut w, z) = (owned(steps), owned(w), z.to_contiguous());
+        let (mut steps, mut w, z) = (writable(steps), writable(w), z.to_contiguous());
         let [batch, capacity, dim] = [0, 1, 2].map(|k| steps.layout().shape()[k]);
         push_step(
             &mut steps.storage_mut::<f32>()[..batch * capacity * dim],
@@ -546,14 +537,7 @@ impl DeqOps for Flex {
         if value.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
             return None;
         }
-        let mut tensor = if tensor.is_contiguous()
-            && tensor.layout().start_offset() == 0
-            && tensor.is_unique()
-        {
-            tensor
-        } else {
-            tensor.to_contiguous()
-        };
+        let mut tensor = writable(tensor);
         let value = value.to_contiguous();
         let n = value.layout().num_elements();
         match dtype {
@@ -597,6 +581,17 @@ impl DeqOps for Flex {
             FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
         };
         (tensor(g, dim), tensor(squares, 2))
+    }
+}
+
+/// `t` itself when it is contiguous from the start of a buffer it alone holds (so that a host
+/// loop can write it in place), otherwise a contiguous copy.
+#[cfg(feature = "flex")]
+fn writable(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    if t.is_contiguous() && t.layout().start_offset() == 0 && t.is_unique() {
+        t
+    } else {
+        t.to_contiguous()
     }
 }
 
