@@ -40,6 +40,14 @@ fn sum(a: &[f32]) -> f32 {
     s.iter().sum::<f32>() + a[a.len() / 8 * 8..].iter().sum::<f32>()
 }
 
+/// Milliseconds `run` takes, after `evict` (which is not timed).
+fn timed(evict: &mut impl FnMut(), run: impl FnOnce()) -> f64 {
+    evict();
+    let started = Instant::now();
+    run();
+    started.elapsed().as_secs_f64() * 1e3
+}
+
 fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().expect("f32 data")
 }
@@ -87,28 +95,19 @@ fn main() {
             // A fresh `x` of its own, as the solver hands over its residual (the product is
             // then written in its buffer).
             let fresh = x.clone() + 0.0;
-            evict();
-            let started = Instant::now();
-            drop(inverse.apply_with_dots(fresh));
-            forward.push(started.elapsed().as_secs_f64() * 1e3);
-            evict();
-            let started = Instant::now();
-            let (w, _, _) = inverse.apply_to_residual(&z, &fz);
-            fused.push(started.elapsed().as_secs_f64() * 1e3);
-            evict();
-            let started = Instant::now();
-            drop(inverse.push_step(w, &scale, &z, &all, &all, &all));
-            pushes.push(started.elapsed().as_secs_f64() * 1e3);
+            forward.push(timed(&mut evict, || drop(inverse.apply_with_dots(fresh))));
+            let mut w = None;
+            fused.push(timed(&mut evict, || {
+                w = Some(inverse.apply_to_residual(&z, &fz).0)
+            }));
+            let w = w.expect("timed ran the product");
+            pushes.push(timed(&mut evict, || {
+                drop(inverse.push_step(w, &scale, &z, &all, &all, &all))
+            }));
             inverse.set_newest_norms(&vec![dim as f64; batch], &all);
             let fresh = x.clone() + 0.0;
-            evict();
-            let started = Instant::now();
-            drop(inverse.apply_transposed(fresh));
-            transposed.push(started.elapsed().as_secs_f64() * 1e3);
-            evict();
-            let started = Instant::now();
-            sink += sum(&copy);
-            floor.push(started.elapsed().as_secs_f64() * 1e3);
+            transposed.push(timed(&mut evict, || drop(inverse.apply_transposed(fresh))));
+            floor.push(timed(&mut evict, || sink += sum(&copy)));
         }
         println!(
             "round {round}: apply_with_dots {:.3}, apply_to_residual {:.3}, push_step {:.3}, apply_transposed {:.3}, one read of the steps {:.3}",

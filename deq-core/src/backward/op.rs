@@ -1137,7 +1137,7 @@ pub fn push_step(
     scale: &[f64],
     slots: &[Option<usize>],
 ) -> (Tensor<3>, Tensor<2>) {
-    use crate::solver::{where_rows, write_column};
+    use crate::solver::{where_rows, write_slots};
     use burn::tensor::TensorData;
     let [batch, capacity, _] = steps.dims();
     assert!(
@@ -1166,14 +1166,7 @@ pub fn push_step(
         (&w.device(), w.dtype()),
     );
     let b = w * column;
-    let mut targets: Vec<usize> = slots.iter().flatten().copied().collect();
-    targets.sort_unstable();
-    targets.dedup();
-    let mut steps = steps;
-    for slot in targets {
-        let selected: Vec<bool> = slots.iter().map(|&j| j == Some(slot)).collect();
-        steps = write_column(steps, slot, &selected, &b);
-    }
+    let steps = write_slots(steps, slots, &b);
     let moving: Vec<bool> = slots.iter().map(Option::is_some).collect();
     let next = where_rows(z.clone(), &moving, z.clone() - b);
     (steps, next)

@@ -18,7 +18,7 @@ mod step_inverse;
 #[cfg(feature = "flex")]
 pub(crate) mod step_kernel;
 mod tracker;
-pub(crate) use step_inverse::write_column;
+pub(crate) use step_inverse::write_slots;
 pub(crate) use tracker::{row_dot, row_norms, where_rows};
 
 use burn::config::Config;

@@ -286,14 +286,8 @@ impl StepInverse {
         now_best: &[bool],
     ) {
         let next = self.prepare_push(rows, secant, now_best);
-        let mut targets: Vec<usize> = next.iter().flatten().copied().collect();
-        targets.sort_unstable();
-        targets.dedup();
-        for slot in targets {
-            let selected: Vec<bool> = next.iter().map(|&j| j == Some(slot)).collect();
-            let steps = self.take_steps();
-            self.steps = write_column(steps, slot, &selected, &b);
-        }
+        let steps = self.take_steps();
+        self.steps = write_slots(steps, &next, &b);
         self.finish_push(&next, secant, now_best);
     }
 
@@ -520,18 +514,25 @@ impl StepInverse {
 /// Most row runs [`write_column`] writes one by one; more go through one masked column.
 const MAX_RUNS: usize = 4;
 
+/// `buf` (`[batch, capacity, dim]`) with row `b` of `value` (`[batch, dim]`) written to slot
+/// `slots[b]` of sample `b` where one is named: one [`write_column`] per distinct slot.
+pub(crate) fn write_slots(buf: Tensor<3>, slots: &[Option<usize>], value: &Tensor<2>) -> Tensor<3> {
+    let mut targets: Vec<usize> = slots.iter().flatten().copied().collect();
+    targets.sort_unstable();
+    targets.dedup();
+    targets.into_iter().fold(buf, |buf, slot| {
+        let selected: Vec<bool> = slots.iter().map(|&j| j == Some(slot)).collect();
+        write_column(buf, slot, &selected, value)
+    })
+}
+
 /// `buf` (`[batch, capacity, dim]`) with the rows of column `slot` where `rows` is true taken
 /// from `value` (`[batch, dim]`), in place where the backend allows it.
 ///
 /// The selected rows are written run by run (a run: consecutive selected rows) when there are
 /// at most [`MAX_RUNS`] runs: the column is never read. Otherwise the old column is read
 /// (a strided view, copied) and merged with `value` under a row mask.
-pub(crate) fn write_column(
-    buf: Tensor<3>,
-    slot: usize,
-    rows: &[bool],
-    value: &Tensor<2>,
-) -> Tensor<3> {
+fn write_column(buf: Tensor<3>, slot: usize, rows: &[bool], value: &Tensor<2>) -> Tensor<3> {
     let [batch, _, dim] = buf.dims();
     let runs = row_runs(rows);
     if runs.len() <= MAX_RUNS {
