@@ -202,6 +202,32 @@ pub trait DeqOps: Backend {
         None
     }
 
+    /// Rows `samples[k]` of column `slot` of a ring (`[batch, slots, dim]`), as a new
+    /// `[samples.len(), dim]` tensor: see `op::gather_slot`. `None`, the default, where the
+    /// caller's tensor operations run instead; flex overrides it with row copies on the host.
+    #[allow(unused_variables)]
+    fn gather_slot(
+        steps: FloatTensor<Self>,
+        slot: usize,
+        samples: Vec<usize>,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
+    /// The ring (`[batch, slots, dim]`) with row `k` of `data` written to column `slot` of
+    /// sample `sample` for each `(sample, k)` in `pairs`: see `op::scatter_slot`. `None`, the
+    /// default, where the caller's tensor operations run instead; flex overrides it with row
+    /// copies on the host.
+    #[allow(unused_variables)]
+    fn scatter_slot(
+        steps: FloatTensor<Self>,
+        slot: usize,
+        data: FloatTensor<Self>,
+        pairs: Vec<(usize, usize)>,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// The residual `g = fz − z` of a fixed-point iterate (`z`, `fz`: `[batch, dim]`) and, per
     /// sample, `‖g‖²` and `‖fz‖²` (`[batch, 2]`); see [`residual`]. This body is a
     /// subtraction and two batched dot products; flex overrides it with one fused host loop.
@@ -553,6 +579,91 @@ impl DeqOps for Flex {
             ),
         }
         Some(tensor)
+    }
+
+    /// Row copies out of the ring's buffer (a contiguous copy of the ring first when it is
+    /// not contiguous), for `f32` and `f64`.
+    fn gather_slot(
+        steps: FloatTensor<Self>,
+        slot: usize,
+        samples: Vec<usize>,
+    ) -> Option<FloatTensor<Self>> {
+        use burn::tensor::{DType, TensorData};
+        fn gather<E: Copy>(
+            ring: &[E],
+            [slots, dim]: [usize; 2],
+            slot: usize,
+            samples: &[usize],
+        ) -> Vec<E> {
+            let mut out = Vec::with_capacity(samples.len() * dim);
+            for &s in samples {
+                let at = (s * slots + slot) * dim;
+                out.extend_from_slice(&ring[at..at + dim]);
+            }
+            out
+        }
+        let steps = steps.to_contiguous();
+        let [slots, dim] = [1, 2].map(|k| steps.layout().shape()[k]);
+        let (ring, shape) = (steps.layout().start_offset().., [samples.len(), dim]);
+        let data = match steps.dtype() {
+            DType::F32 => {
+                let ring = &steps.storage::<f32>()[ring];
+                TensorData::new(gather(ring, [slots, dim], slot, &samples), shape)
+            }
+            DType::F64 => {
+                let ring = &steps.storage::<f64>()[ring];
+                TensorData::new(gather(ring, [slots, dim], slot, &samples), shape)
+            }
+            _ => return None,
+        };
+        Some(FloatTensor::<Self>::from_data(data))
+    }
+
+    /// Row copies into the ring's buffer when it is contiguous and not shared (otherwise into
+    /// a copy of it), for `f32` and `f64`.
+    fn scatter_slot(
+        steps: FloatTensor<Self>,
+        slot: usize,
+        data: FloatTensor<Self>,
+        pairs: Vec<(usize, usize)>,
+    ) -> Option<FloatTensor<Self>> {
+        use burn::tensor::DType;
+        fn scatter<E: Copy>(
+            ring: &mut [E],
+            [slots, dim]: [usize; 2],
+            slot: usize,
+            data: &[E],
+            pairs: &[(usize, usize)],
+        ) {
+            for &(s, k) in pairs {
+                let at = (s * slots + slot) * dim;
+                ring[at..at + dim].copy_from_slice(&data[k * dim..(k + 1) * dim]);
+            }
+        }
+        let dtype = steps.dtype();
+        if data.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+            return None;
+        }
+        let (mut steps, data) = (writable(steps), data.to_contiguous());
+        let [slots, dim] = [1, 2].map(|k| steps.layout().shape()[k]);
+        let n = steps.layout().num_elements();
+        match dtype {
+            DType::F32 => scatter(
+                &mut steps.storage_mut::<f32>()[..n],
+                [slots, dim],
+                slot,
+                data.as_slice::<f32>().expect("contiguous"),
+                &pairs,
+            ),
+            _ => scatter(
+                &mut steps.storage_mut::<f64>()[..n],
+                [slots, dim],
+                slot,
+                data.as_slice::<f64>().expect("contiguous"),
+                &pairs,
+            ),
+        }
+        Some(steps)
     }
 
     /// The fused loop of `solver::residual_kernel` for `f32` tensors.
@@ -1189,13 +1300,7 @@ pub(crate) fn copy_rows(tensor: &mut Tensor<2>, rows: &[bool], value: &Tensor<2>
     );
     #[cfg(feature = "flex")]
     {
-        let plain = !(tensor.is_autodiff() || value.is_autodiff());
-        let host = crate::device::is_flex(&tensor.device()) && tensor.dtype() == value.dtype();
-        let floats = matches!(
-            tensor.dtype(),
-            burn::tensor::DType::F32 | burn::tensor::DType::F64
-        );
-        if plain && host && floats {
+        if host_rows(tensor, value) {
             let empty = Tensor::empty([0, 0], (&tensor.device(), tensor.dtype()));
             let merged = <Dispatch as DeqOps>::copy_rows(
                 std::mem::replace(tensor, empty).into_dispatch(),
@@ -1208,6 +1313,81 @@ pub(crate) fn copy_rows(tensor: &mut Tensor<2>, rows: &[bool], value: &Tensor<2>
         }
     }
     false
+}
+
+/// Rows `samples[k]` of column `slot` of the ring `steps` (`[batch, slots, dim]`), copied into
+/// a new `[samples.len(), dim]` tensor by one host loop on flex, for `f32` and `f64` tensors
+/// without autodiff. `None` elsewhere.
+///
+/// # Panics
+/// When `slot` or a sample is outside the ring.
+pub(crate) fn gather_slot(steps: &Tensor<3>, slot: usize, samples: &[usize]) -> Option<Tensor<2>> {
+    let [batch, slots, _] = steps.dims();
+    assert!(
+        slot < slots && samples.iter().all(|&s| s < batch),
+        "gather_slot: slot {slot}, samples {samples:?} of a ring {:?}",
+        steps.dims()
+    );
+    #[cfg(feature = "flex")]
+    if host_rows(steps, steps) {
+        let rows = <Dispatch as DeqOps>::gather_slot(
+            steps.clone().into_dispatch(),
+            slot,
+            samples.to_vec(),
+        )
+        .expect("flex copies f32 and f64 rows");
+        return Some(Tensor::from_dispatch(rows));
+    }
+    None
+}
+
+/// Writes row `k` of `data` (`[n, dim]`) to column `slot` of sample `s` of the ring `steps`
+/// (`[batch, slots, dim]`) for each `(s, k)` in `pairs`, by one host loop on flex (in place
+/// when the ring is not shared), for `f32` and `f64` tensors without autodiff, and returns
+/// true. Elsewhere returns false and leaves `steps` as it was.
+///
+/// # Panics
+/// When a pair or `slot` is outside the tensors, or their `dim` differs.
+pub(crate) fn scatter_slot(
+    steps: &mut Tensor<3>,
+    slot: usize,
+    data: &Tensor<2>,
+    pairs: &[(usize, usize)],
+) -> bool {
+    let ([batch, slots, dim], [n, width]) = (steps.dims(), data.dims());
+    assert!(
+        slot < slots && width == dim && pairs.iter().all(|&(s, k)| s < batch && k < n),
+        "scatter_slot: slot {slot}, pairs {pairs:?}, rows {:?} into a ring {:?}",
+        data.dims(),
+        steps.dims()
+    );
+    #[cfg(feature = "flex")]
+    if host_rows(steps, data) {
+        let empty = Tensor::empty([0, 0, 0], (&steps.device(), steps.dtype()));
+        let written = <Dispatch as DeqOps>::scatter_slot(
+            std::mem::replace(steps, empty).into_dispatch(),
+            slot,
+            data.clone().into_dispatch(),
+            pairs.to_vec(),
+        )
+        .expect("flex copies f32 and f64 rows");
+        *steps = Tensor::from_dispatch(written);
+        return true;
+    }
+    false
+}
+
+/// Both tensors are on flex without autodiff, with one dtype, `f32` or `f64`: the host row
+/// copies' route.
+#[cfg(feature = "flex")]
+fn host_rows<const D: usize, const E: usize>(a: &Tensor<D>, b: &Tensor<E>) -> bool {
+    !(a.is_autodiff() || b.is_autodiff())
+        && crate::device::is_flex(&a.device())
+        && a.dtype() == b.dtype()
+        && matches!(
+            a.dtype(),
+            burn::tensor::DType::F32 | burn::tensor::DType::F64
+        )
 }
 
 /// Both tensors are `f32` on flex without autodiff: [`DeqOps::factor_product`]'s fused route.

@@ -4,7 +4,8 @@ use burn::tensor::Tensor;
 use super::map::{row_index, row_runs};
 use super::tracker::where_rows;
 use crate::backward::op::{
-    FactorPlan, PlanFactor, SamplePlan, factor_product, push_step, residual_factor_product,
+    FactorPlan, PlanFactor, SamplePlan, factor_product, gather_slot, push_step,
+    residual_factor_product, scatter_slot,
 };
 
 /// Per-sample inverse-Jacobian estimate `B ≈ J_g⁻¹` of limited-memory ("good") Broyden (see
@@ -64,6 +65,7 @@ struct Evicted {
 impl Evicted {
     fn save(inverse: &StepInverse, slot: usize, rows: Vec<bool>) -> Self {
         let (batch, slots) = (inverse.pushes.len(), inverse.slots());
+        let saved: Vec<usize> = (0..batch).filter(|&b| rows[b]).collect();
         Self {
             slot,
             meta: (0..batch)
@@ -72,8 +74,9 @@ impl Evicted {
                     (inverse.stamp[k], inverse.secant[k], inverse.norm[k])
                 })
                 .collect(),
-            saved: (0..batch).filter(|&b| rows[b]).collect(),
-            data: copy_rows(&inverse.steps, slot, &rows),
+            data: gather_slot(&inverse.steps, slot, &saved)
+                .unwrap_or_else(|| copy_rows(&inverse.steps, slot, &rows)),
+            saved,
             rows,
         }
     }
@@ -89,6 +92,14 @@ impl Evicted {
         }
         self.data = take_rows(self.data.clone(), &needed);
         self.saved = needed.iter().map(|&k| self.saved[k]).collect();
+    }
+
+    /// The rows still needed: `(sample, row of data)` pairs.
+    fn pairs(&self) -> Vec<(usize, usize)> {
+        (self.saved.iter().enumerate())
+            .filter(|&(_, &b)| self.rows[b])
+            .map(|(k, &b)| (b, k))
+            .collect()
     }
 
     /// The saved rows spread back to `[batch, dim]` (rows of unsaved samples hold another
@@ -109,7 +120,7 @@ impl StepInverse {
         let [batch, dim] = like.dims();
         let slots = memory + 1;
         Self {
-            steps: Tensor::zeros([batch, slots, dim], (&like.device(), like.dtype())),
+            steps: zero_ring([batch, slots, dim], like),
             stamp: vec![0; batch * slots],
             secant: vec![false; batch * slots],
             norm: vec![f64::NAN; batch * slots],
@@ -435,8 +446,11 @@ impl StepInverse {
         // Between two marks a (sample, slot) is saved at most once: once overwritten, the slot
         // holds a step newer than the best matrix, which is never saved. So no entries collide.
         for e in std::mem::take(&mut self.evicted) {
-            let steps = self.take_steps();
-            self.steps = write_column(steps, e.slot, &e.rows, &e.spread(batch));
+            let pairs = e.pairs();
+            if !scatter_slot(&mut self.steps, e.slot, &e.data, &pairs) {
+                let steps = self.take_steps();
+                self.steps = write_column(steps, e.slot, &e.rows, &e.spread(batch));
+            }
             for s in (0..batch).filter(|&s| e.rows[s]) {
                 let k = s * slots + e.slot;
                 (self.stamp[k], self.secant[k], self.norm[k]) = e.meta[s];
@@ -508,6 +522,23 @@ impl StepInverse {
             }
         }
         m
+    }
+}
+
+/// A ring of zeros with `like`'s dtype and device. On flex, for `f32` and `f64`, built from a
+/// vector of that type: flex's `zeros` fills a byte vector, which the byte buffer then copies
+/// once more to align it (half the cost of a solve's ring, measured on `small`).
+fn zero_ring(shape: [usize; 3], like: &Tensor<2>) -> Tensor<3> {
+    use burn::tensor::{DType, TensorData};
+    let (device, n) = (like.device(), shape.iter().product());
+    match like.dtype() {
+        DType::F32 if crate::device::is_flex(&device) => {
+            Tensor::from_data(TensorData::new(vec![0f32; n], shape), (&device, DType::F32))
+        }
+        DType::F64 if crate::device::is_flex(&device) => {
+            Tensor::from_data(TensorData::new(vec![0f64; n], shape), (&device, DType::F64))
+        }
+        dtype => Tensor::zeros(shape, (&device, dtype)),
     }
 }
 
@@ -882,32 +913,85 @@ mod tests {
     /// slot. Marking a new best drops the saved rows no best matrix needs any more.
     #[test]
     fn saved_steps_go_back_to_their_own_sample_and_are_dropped_when_not_needed() {
-        let (batch, n, memory) = (2, 3, 2);
-        let mut inverse = StepInverse::identity(&t(vec![0.0; batch * n], [batch, n]), memory);
-        push_steps(&mut inverse, 0..2, &[true, true], &|_| false, n);
-        inverse.reset(&[false, true]);
-        push_steps(&mut inverse, 4..6, &[true, true], &|k| k == 5, n);
-        let at_best: Vec<Vec<f64>> = (0..batch).map(|b| inverse.dense(b)).collect();
-        assert!(inverse.rank(0) > 0 && inverse.rank(1) > 0);
-        // Three more steps each: both rings wrap over every slot of their best matrices.
-        push_steps(&mut inverse, 8..11, &[true, true], &|_| false, n);
-        assert!(
-            !inverse.evicted.is_empty(),
-            "the best matrices' steps were saved"
-        );
-        let best = inverse.clone().into_best();
-        for (b, expected) in at_best.iter().enumerate() {
-            assert!(rel_err(&best.dense(b), expected) < 1e-6, "sample {b}");
+        // Plain, the steps are saved and put back by host row copies; under autodiff, by the
+        // tensor operations (the route of other backends).
+        for autodiff in [false, true] {
+            let (batch, n, memory) = (2, 3, 2);
+            let mut inverse = StepInverse::identity(&t(vec![0.0; batch * n], [batch, n]), memory);
+            if autodiff {
+                inverse.steps = inverse.steps.clone().autodiff();
+            }
+            push_steps(&mut inverse, 0..2, &[true, true], &|_| false, n);
+            inverse.reset(&[false, true]);
+            push_steps(&mut inverse, 4..6, &[true, true], &|k| k == 5, n);
+            let at_best: Vec<Vec<f64>> = (0..batch).map(|b| inverse.dense(b)).collect();
+            assert!(inverse.rank(0) > 0 && inverse.rank(1) > 0);
+            // Three more steps each: both rings wrap over every slot of their best matrices.
+            push_steps(&mut inverse, 8..11, &[true, true], &|_| false, n);
+            assert!(
+                !inverse.evicted.is_empty(),
+                "the best matrices' steps were saved"
+            );
+            assert_eq!(inverse.steps.is_autodiff(), autodiff);
+            let best = inverse.clone().into_best();
+            for (b, expected) in at_best.iter().enumerate() {
+                let err = rel_err(&best.dense(b), expected);
+                assert!(err < 1e-6, "autodiff {autodiff}, sample {b}: {err}");
+            }
+            // A new best for sample 0 only: its saved rows go, sample 1's stay.
+            inverse.mark_best(&[true, false]);
+            assert!(inverse.evicted.iter().all(|e| !e.rows[0] && e.rows[1]));
+            assert!(
+                inverse.evicted.iter().all(|e| e.saved == vec![1]),
+                "compacted to sample 1"
+            );
+            inverse.mark_best(&[false, true]);
+            assert!(inverse.evicted.is_empty());
         }
-        // A new best for sample 0 only: its saved rows go, sample 1's stay.
-        inverse.mark_best(&[true, false]);
-        assert!(inverse.evicted.iter().all(|e| !e.rows[0] && e.rows[1]));
-        assert!(
-            inverse.evicted.iter().all(|e| e.saved == vec![1]),
-            "compacted to sample 1"
-        );
-        inverse.mark_best(&[false, true]);
-        assert!(inverse.evicted.is_empty());
+    }
+
+    /// The host row copies of a ring column, on flex for f32 and f64: `gather_slot` takes the
+    /// named samples' rows in the order named, `scatter_slot` writes each data row to its own
+    /// sample and nothing else (a shared ring is copied, not changed); under autodiff both
+    /// decline.
+    #[test]
+    fn slot_rows_are_copied_out_and_back_by_sample() {
+        let (batch, slots, dim) = (4, 3, 5);
+        let device = crate::device::cpu();
+        for dtype in [DType::F32, DType::F64] {
+            let values: Vec<f64> = (0..batch * slots * dim).map(|k| k as f64).collect();
+            let ring = Tensor::<3>::from_data(
+                TensorData::new(values.clone(), [batch, slots, dim]),
+                (&device, dtype),
+            );
+            let row = |b: usize, j: usize| values[(b * slots + j) * dim..][..dim].to_vec();
+            let taken = gather_slot(&ring, 1, &[3, 0, 2]).expect("flex copies the rows");
+            assert_eq!(
+                host(taken.clone()),
+                [row(3, 1), row(0, 1), row(2, 1)].concat()
+            );
+
+            let mut target = Tensor::<3>::zeros([batch, slots, dim], (&device, dtype));
+            let shared = target.clone();
+            assert!(scatter_slot(&mut target, 2, &taken, &[(1, 0), (3, 2)]));
+            let written: Vec<f64> = target.into_data().iter::<f64>().collect();
+            for b in 0..batch {
+                for j in 0..slots {
+                    let expected = match (b, j) {
+                        (1, 2) => row(3, 1),
+                        (3, 2) => row(2, 1),
+                        _ => vec![0.0; dim],
+                    };
+                    let at = (b * slots + j) * dim;
+                    assert_eq!(written[at..at + dim], expected, "{dtype:?}: ({b}, {j})");
+                }
+            }
+            assert!(shared.into_data().iter::<f64>().all(|v| v == 0.0));
+
+            let mut tracked = ring.clone().autodiff();
+            assert!(gather_slot(&tracked, 1, &[0]).is_none());
+            assert!(!scatter_slot(&mut tracked, 0, &taken, &[(0, 0)]));
+        }
     }
 
     /// Over a base: `B = F ⋯ F Aᵀ`, and `Bᵀ` its transpose.
