@@ -6,6 +6,7 @@
 //! given: the DEQ layer hands them tensors without autodiff, so no graph is built during a
 //! solve (the `Unrolled` backward mode is the one deliberate exception).
 mod anderson;
+mod best;
 mod broyden;
 mod fixed_point;
 mod map;

@@ -2,6 +2,7 @@
 //! status and trace.
 use burn::tensor::{Bool, IndexingUpdateOp, Tensor, TensorData};
 
+use super::best::BestIterates;
 use super::map::{BatchMap, row_index, row_runs};
 use super::stats::{SampleStats, SolveStatus, SolverStats};
 use super::{StopMode, StopRule};
@@ -44,8 +45,7 @@ pub(crate) struct Tracker {
     samples: Vec<SampleStats>,
     best_res: Vec<f64>,
     min_abs: Vec<f64>,
-    best_z: Tensor<2>,
-    best_fz: Tensor<2>,
+    best: BestIterates,
     evaluations: usize,
 }
 
@@ -66,8 +66,7 @@ impl Tracker {
             samples: vec![sample; batch],
             best_res: vec![f64::INFINITY; batch],
             min_abs: vec![f64::INFINITY; batch],
-            best_z: z0.clone(),
-            best_fz: z0.clone(),
+            best: BestIterates::new(z0, z0),
             evaluations: 0,
         }
     }
@@ -163,8 +162,7 @@ impl Tracker {
     /// carried on (a frozen sample's row never changes again).
     fn recover(&self, z: &mut Tensor<2>, fz: &mut Tensor<2>, non_finite: &[bool]) {
         if non_finite.iter().any(|&n| n) {
-            *z = where_rows(z.clone(), non_finite, self.best_z.clone());
-            *fz = where_rows(fz.clone(), non_finite, self.best_fz.clone());
+            self.best.restore(non_finite, z, fz);
         }
     }
 
@@ -229,12 +227,7 @@ impl Tracker {
                 self.active[b] = false;
             }
         }
-        // Moved out, so that in host memory the improved rows are written in place.
-        let empty = || Tensor::empty([0, 0], (&z.device(), z.dtype()));
-        let best_z = std::mem::replace(&mut self.best_z, empty());
-        self.best_z = where_rows(best_z, &improved, z.clone());
-        let best_fz = std::mem::replace(&mut self.best_fz, empty());
-        self.best_fz = where_rows(best_fz, &improved, fz.clone());
+        self.best.update(&improved, z, fz);
         Observation {
             improved,
             non_finite,
@@ -256,8 +249,7 @@ impl Tracker {
     /// Moves the samples where `rows` is true back to their lowest-residual iterate (`z` and
     /// its image `fz`, updated in place).
     pub fn return_to_best(&self, rows: &[bool], z: &mut Tensor<2>, fz: &mut Tensor<2>) {
-        *z = where_rows(z.clone(), rows, self.best_z.clone());
-        *fz = where_rows(fz.clone(), rows, self.best_fz.clone());
+        self.best.restore(rows, z, fz);
     }
 
     /// Ends the solve: returns the per-sample lowest-residual iterates and the statistics.
@@ -266,7 +258,7 @@ impl Tracker {
             samples: self.samples,
             evaluations: self.evaluations,
         };
-        (self.best_z, stats)
+        (self.best.into_z(), stats)
     }
 }
 
