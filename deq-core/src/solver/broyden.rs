@@ -55,17 +55,13 @@ pub(crate) fn broyden(
     let (all, none) = (vec![true; batch], vec![false; batch]);
 
     let (mut z, mut fz) = (z0, fz0);
-    let g0 = tracker.start(&mut z, &mut fz);
-    // The first step, B₀ g (= −Δz), starts every sample's chain of steps; `step` is the next
-    // iterate z + Δz = z − B g.
-    let mut step = inverse.push_step(
-        inverse.apply_initial(g0),
-        &vec![1.0; batch],
-        &z,
-        &all,
-        &none,
-        &all,
-    );
+    // The first step, B g (= −Δz) with the initial estimate (B₀ when it holds no steps), in
+    // one pass with g's norms, recorded as iteration 0 (the product is taken before non-finite
+    // samples are moved back; they stop there). It starts every sample's chain of steps; `step`
+    // is the next iterate z + Δz = z − B g.
+    let (b_g, squares, _) = inverse.apply_to_residual(&z, &fz);
+    tracker.record(0, &mut z, &mut fz, &squares, &[]);
+    let mut step = inverse.push_step(b_g, &vec![1.0; batch], &z, &all, &none, &all);
     let mut last_restart = vec![0usize; batch];
     for iter in 1..=max_iter {
         if !tracker.any_active() {
