@@ -1157,20 +1157,17 @@ pub fn batch_norm_train(
 ///
 /// # Panics
 /// When the plan has another number of samples than `x`, or names a slot outside `steps`.
-pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: &FactorPlan) -> (Tensor<2>, Tensor<2>) {
-    check_plan(&steps, plan);
+pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: FactorPlan) -> (Tensor<2>, Tensor<2>) {
+    check_plan(&steps, &plan);
     if on_flex_f32(&steps, &x) {
         // Flex runs its fused loop for every f32 input: `x` is handed over (not shared), so
         // that the product can be written in its buffer.
-        let found = <Dispatch as DeqOps>::factor_product(
-            steps.clone().into_dispatch(),
-            x.into_dispatch(),
-            plan.clone(),
-        );
+        let found =
+            <Dispatch as DeqOps>::factor_product(steps.into_dispatch(), x.into_dispatch(), plan);
         let (w, dots) = found.expect("flex computes factor_product for f32 tensors");
         return (Tensor::from_dispatch(w), Tensor::from_dispatch(dots));
     }
-    gathered_factor_product(steps, x, plan)
+    gathered_factor_product(steps, x, &plan)
 }
 
 /// Panics unless `plan` has one sample per row of `steps` and names only its slots.
@@ -1207,15 +1204,15 @@ pub fn residual_factor_product(
     steps: Tensor<3>,
     z: &Tensor<2>,
     fz: &Tensor<2>,
-    plan: &FactorPlan,
+    plan: FactorPlan,
 ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
     if on_flex_f32(&steps, z) && on_flex_f32(&steps, fz) {
-        check_plan(&steps, plan);
+        check_plan(&steps, &plan);
         let found = <Dispatch as DeqOps>::residual_factor_product(
             steps.into_dispatch(),
             z.clone().into_dispatch(),
             fz.clone().into_dispatch(),
-            plan.clone(),
+            plan,
         );
         let (w, values) = found.expect("flex computes residual_factor_product for f32 tensors");
         let values = Tensor::<2>::from_dispatch(values);

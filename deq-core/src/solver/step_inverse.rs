@@ -170,7 +170,8 @@ impl StepInverse {
     fn order(&self, sample: usize) -> Vec<usize> {
         let slots = self.slots();
         let stamps = &self.stamp[sample * slots..(sample + 1) * slots];
-        let mut live: Vec<usize> = (0..slots).filter(|&j| stamps[j] > 0).collect();
+        let mut live = Vec::with_capacity(slots);
+        live.extend((0..slots).filter(|&j| stamps[j] > 0));
         live.sort_unstable_by_key(|&j| stamps[j]);
         live
     }
@@ -179,18 +180,19 @@ impl StepInverse {
     fn chain(&self, sample: usize) -> Vec<PlanFactor> {
         let slots = self.slots();
         let at = |j: usize| sample * slots + j;
-        self.order(sample)
-            .windows(2)
-            .filter(|p| {
-                let (older, newer) = (at(p[0]), at(p[1]));
-                self.stamp[newer] == self.stamp[older] + 1 && self.secant[newer]
-            })
-            .map(|p| PlanFactor {
-                dot: p[0],
-                axpy: p[1],
-                scale: 1.0 / self.norm[at(p[0])],
-            })
-            .collect()
+        let order = self.order(sample);
+        let mut factors = Vec::with_capacity(order.len().saturating_sub(1));
+        for p in order.windows(2) {
+            let (older, newer) = (at(p[0]), at(p[1]));
+            if self.stamp[newer] == self.stamp[older] + 1 && self.secant[newer] {
+                factors.push(PlanFactor {
+                    dot: p[0],
+                    axpy: p[1],
+                    scale: 1.0 / self.norm[older],
+                });
+            }
+        }
+        factors
     }
 
     /// The slot of `sample`'s newest step, if any.
@@ -241,7 +243,7 @@ impl StepInverse {
             Some(base) => base.apply_transposed(x),
             None => x,
         };
-        factor_product(self.steps.clone(), x, &self.plan(false, true))
+        factor_product(self.steps.clone(), x, self.plan(false, true))
     }
 
     /// [`apply_with_dots`](Self::apply_with_dots) of the residual `fz − z` of fixed-point
@@ -255,7 +257,7 @@ impl StepInverse {
         fz: &Tensor<2>,
     ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         match &self.base {
-            None => residual_factor_product(self.steps.clone(), z, fz, &self.plan(false, true)),
+            None => residual_factor_product(self.steps.clone(), z, fz, self.plan(false, true)),
             Some(_) => {
                 let (g, squares) = crate::backward::op::residual(z.clone(), fz.clone());
                 let (w, dots) = self.apply_with_dots(g);
@@ -266,7 +268,7 @@ impl StepInverse {
 
     /// `Bᵀ x` per sample: what SHINE needs. `x`: `[batch, dim]`.
     pub fn apply_transposed(&self, x: Tensor<2>) -> Tensor<2> {
-        let (w, _) = factor_product(self.steps.clone(), x, &self.plan(true, false));
+        let (w, _) = factor_product(self.steps.clone(), x, self.plan(true, false));
         match &self.base {
             Some(base) => base.apply(w),
             None => w,
