@@ -145,6 +145,14 @@ pub struct Overhead {
     /// `bookkeeping_ms / f_eval_ms`.
     #[serde(default)]
     pub bookkeeping_fraction: f64,
+    /// One evaluation of f as timed inside the same solves (the time in f per evaluation), ms
+    /// (median over runs).
+    #[serde(default)]
+    pub f_in_solve_ms: f64,
+    /// Per run, the bookkeeping over the time in f of the same solve (median over runs): both
+    /// sides from the same minutes.
+    #[serde(default)]
+    pub bookkeeping_fraction_in_solve: f64,
     /// Evaluations of f per timed solve.
     pub evaluations: usize,
 }
@@ -414,6 +422,7 @@ fn overhead(
     let solver = forced_solver(config);
     let (mut per_iteration, mut per_f, mut counted) = (Vec::new(), Vec::new(), 0);
     let mut per_bookkeeping = Vec::new();
+    let (mut per_f_in_solve, mut per_fraction_in_solve) = (Vec::new(), Vec::new());
     for run in 0..config.reps.clamp(3, 10) + 1 {
         let z0 = Tensor::<2>::zeros([config.batch, dim], &device);
         sync(&device)?;
@@ -450,6 +459,8 @@ fn overhead(
         if run > 0 {
             per_iteration.push(solve_s / evaluations as f64 * 1e3);
             per_bookkeeping.push((solve_s - in_f) / evaluations as f64 * 1e3);
+            per_f_in_solve.push(in_f / evaluations as f64 * 1e3);
+            per_fraction_in_solve.push((solve_s - in_f) / in_f.max(f64::MIN_POSITIVE));
             per_f.push(f_s * 1e3);
         }
     }
@@ -461,6 +472,8 @@ fn overhead(
         overhead_fraction: (iteration - f) / f,
         bookkeeping_ms: bookkeeping,
         bookkeeping_fraction: bookkeeping / f,
+        f_in_solve_ms: Spread::of(per_f_in_solve).median,
+        bookkeeping_fraction_in_solve: Spread::of(per_fraction_in_solve).median,
         evaluations: counted,
     })
 }

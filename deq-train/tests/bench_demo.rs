@@ -45,6 +45,13 @@ fn bench_times_every_mode_and_the_solver_overhead() {
     assert_eq!(overhead.evaluations, 7);
     assert!(overhead.f_eval_ms > 0.0 && overhead.broyden_iteration_ms > 0.0);
     assert!(overhead.bookkeeping_ms > 0.0 && overhead.bookkeeping_fraction > 0.0);
+    // The second ratio divides the same bookkeeping by the time in f of the same solves.
+    assert!(overhead.f_in_solve_ms > 0.0 && overhead.bookkeeping_fraction_in_solve > 0.0);
+    let implied = overhead.bookkeeping_ms / overhead.f_in_solve_ms;
+    assert!(
+        (0.2..5.0).contains(&(overhead.bookkeeping_fraction_in_solve / implied)),
+        "{overhead:?}"
+    );
 
     let bad = BenchConfig {
         modes: vec!["sideways".into()],

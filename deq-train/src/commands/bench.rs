@@ -145,12 +145,15 @@ fn print_table(report: &BenchReport) {
     if let Some(o) = &report.solver_overhead {
         println!(
             "solver overhead: one f evaluation {:.3} ms, one Broyden iteration {:.3} ms → bookkeeping {:.1} % of f \
-             (measured inside the solves: {:.3} ms per iteration outside f, {:.1} % of f)",
+             (measured inside the solves: {:.3} ms per iteration outside f, {:.1} % of f; \
+             f inside the solves {:.3} ms, bookkeeping {:.1} % of that)",
             o.f_eval_ms,
             o.broyden_iteration_ms,
             100.0 * o.overhead_fraction,
             o.bookkeeping_ms,
-            100.0 * o.bookkeeping_fraction
+            100.0 * o.bookkeeping_fraction,
+            o.f_in_solve_ms,
+            100.0 * o.bookkeeping_fraction_in_solve
         );
     }
 }
