@@ -6,8 +6,8 @@
 //! [`factor_product`], the Broyden solver's product with its inverse estimate and the dot
 //! products of its update (also of an iterate's residual, [`residual_factor_product`]),
 //! [`push_step`], the solver's step with the write of its vector, and [`residual`], an
-//! iterate's residual with its norms (all fused on flex), and `copy_rows`, the row copies of
-//! the solvers' per-sample bookkeeping on flex.
+//! iterate's residual with its norms (all fused on flex), and `copy_row_pairs`, the row copies
+//! of the solvers' per-sample bookkeeping on flex.
 //!
 //! The gradient-replacing identity:
 //! Forward, [`adjoint_identity`] returns its input unchanged. Backward, it hands the incoming
@@ -190,39 +190,16 @@ pub trait DeqOps: Backend {
         None
     }
 
-    /// `tensor` (`[batch, dim]`) with the rows where `rows` is true copied from `value` (same
-    /// shape and dtype): see `op::copy_rows`. `None`, the default, where the caller's tensor
-    /// operations run instead; flex overrides it with row copies on the host.
+    /// `to` with row `from_row` of `from` copied over row `to_row` for each `(to_row,
+    /// from_row)` in `pairs`, a row being `dim` consecutive values of the tensor's (row-major)
+    /// contents; same dtype. The host row copies of `op::copy_rows`, `op::gather_slot` and
+    /// `op::scatter_slot`. `None`, the default, where the callers' tensor operations run
+    /// instead; flex overrides it with one loop on the host.
     #[allow(unused_variables)]
-    fn copy_rows(
-        tensor: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-        rows: Vec<bool>,
-    ) -> Option<FloatTensor<Self>> {
-        None
-    }
-
-    /// Rows `samples[k]` of column `slot` of a ring (`[batch, slots, dim]`), as a new
-    /// `[samples.len(), dim]` tensor: see `op::gather_slot`. `None`, the default, where the
-    /// caller's tensor operations run instead; flex overrides it with row copies on the host.
-    #[allow(unused_variables)]
-    fn gather_slot(
-        steps: FloatTensor<Self>,
-        slot: usize,
-        samples: Vec<usize>,
-    ) -> Option<FloatTensor<Self>> {
-        None
-    }
-
-    /// The ring (`[batch, slots, dim]`) with row `k` of `data` written to column `slot` of
-    /// sample `sample` for each `(sample, k)` in `pairs`: see `op::scatter_slot`. `None`, the
-    /// default, where the caller's tensor operations run instead; flex overrides it with row
-    /// copies on the host.
-    #[allow(unused_variables)]
-    fn scatter_slot(
-        steps: FloatTensor<Self>,
-        slot: usize,
-        data: FloatTensor<Self>,
+    fn copy_row_pairs(
+        to: FloatTensor<Self>,
+        from: FloatTensor<Self>,
+        dim: usize,
         pairs: Vec<(usize, usize)>,
     ) -> Option<FloatTensor<Self>> {
         None
@@ -545,125 +522,42 @@ impl DeqOps for Flex {
         Some((steps, w))
     }
 
-    /// Row copies in `tensor`'s buffer when it is contiguous and not shared (otherwise in a
-    /// copy of it), for `f32` and `f64`.
-    fn copy_rows(
-        tensor: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-        rows: Vec<bool>,
-    ) -> Option<FloatTensor<Self>> {
-        use burn::tensor::DType;
-        fn copy<E: Copy>(to: &mut [E], from: &[E], rows: &[bool]) {
-            let dim = from.len() / rows.len().max(1);
-            for (b, _) in rows.iter().enumerate().filter(|(_, r)| **r) {
-                to[b * dim..(b + 1) * dim].copy_from_slice(&from[b * dim..(b + 1) * dim]);
-            }
-        }
-        let dtype = tensor.dtype();
-        if value.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
-            return None;
-        }
-        let mut tensor = writable(tensor);
-        let value = value.to_contiguous();
-        let n = value.layout().num_elements();
-        match dtype {
-            DType::F32 => copy(
-                &mut tensor.storage_mut::<f32>()[..n],
-                value.as_slice::<f32>().expect("contiguous"),
-                &rows,
-            ),
-            _ => copy(
-                &mut tensor.storage_mut::<f64>()[..n],
-                value.as_slice::<f64>().expect("contiguous"),
-                &rows,
-            ),
-        }
-        Some(tensor)
-    }
-
-    /// Row copies out of the ring's buffer (a contiguous copy of the ring first when it is
-    /// not contiguous), for `f32` and `f64`.
-    fn gather_slot(
-        steps: FloatTensor<Self>,
-        slot: usize,
-        samples: Vec<usize>,
-    ) -> Option<FloatTensor<Self>> {
-        use burn::tensor::{DType, TensorData};
-        fn gather<E: Copy>(
-            ring: &[E],
-            [slots, dim]: [usize; 2],
-            slot: usize,
-            samples: &[usize],
-        ) -> Vec<E> {
-            let mut out = Vec::with_capacity(samples.len() * dim);
-            for &s in samples {
-                let at = (s * slots + slot) * dim;
-                out.extend_from_slice(&ring[at..at + dim]);
-            }
-            out
-        }
-        let steps = steps.to_contiguous();
-        let [slots, dim] = [1, 2].map(|k| steps.layout().shape()[k]);
-        let (ring, shape) = (steps.layout().start_offset().., [samples.len(), dim]);
-        let data = match steps.dtype() {
-            DType::F32 => {
-                let ring = &steps.storage::<f32>()[ring];
-                TensorData::new(gather(ring, [slots, dim], slot, &samples), shape)
-            }
-            DType::F64 => {
-                let ring = &steps.storage::<f64>()[ring];
-                TensorData::new(gather(ring, [slots, dim], slot, &samples), shape)
-            }
-            _ => return None,
-        };
-        Some(FloatTensor::<Self>::from_data(data))
-    }
-
-    /// Row copies into the ring's buffer when it is contiguous and not shared (otherwise into
-    /// a copy of it), for `f32` and `f64`.
-    fn scatter_slot(
-        steps: FloatTensor<Self>,
-        slot: usize,
-        data: FloatTensor<Self>,
+    /// Row copies into `to`'s buffer when it is contiguous and not shared (otherwise into a
+    /// copy of it), reading `from` where it is (a contiguous copy first if it is not), for
+    /// `f32` and `f64`.
+    fn copy_row_pairs(
+        to: FloatTensor<Self>,
+        from: FloatTensor<Self>,
+        dim: usize,
         pairs: Vec<(usize, usize)>,
     ) -> Option<FloatTensor<Self>> {
         use burn::tensor::DType;
-        fn scatter<E: Copy>(
-            ring: &mut [E],
-            [slots, dim]: [usize; 2],
-            slot: usize,
-            data: &[E],
-            pairs: &[(usize, usize)],
-        ) {
-            for &(s, k) in pairs {
-                let at = (s * slots + slot) * dim;
-                ring[at..at + dim].copy_from_slice(&data[k * dim..(k + 1) * dim]);
+        fn copy<E: Copy>(to: &mut [E], from: &[E], dim: usize, pairs: &[(usize, usize)]) {
+            for &(t, f) in pairs {
+                to[t * dim..][..dim].copy_from_slice(&from[f * dim..][..dim]);
             }
         }
-        let dtype = steps.dtype();
-        if data.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+        let dtype = to.dtype();
+        if from.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
             return None;
         }
-        let (mut steps, data) = (writable(steps), data.to_contiguous());
-        let [slots, dim] = [1, 2].map(|k| steps.layout().shape()[k]);
-        let n = steps.layout().num_elements();
+        let (mut to, from) = (writable(to), from.to_contiguous());
+        let n = to.layout().num_elements();
         match dtype {
-            DType::F32 => scatter(
-                &mut steps.storage_mut::<f32>()[..n],
-                [slots, dim],
-                slot,
-                data.as_slice::<f32>().expect("contiguous"),
+            DType::F32 => copy(
+                &mut to.storage_mut::<f32>()[..n],
+                from.as_slice::<f32>().expect("contiguous"),
+                dim,
                 &pairs,
             ),
-            _ => scatter(
-                &mut steps.storage_mut::<f64>()[..n],
-                [slots, dim],
-                slot,
-                data.as_slice::<f64>().expect("contiguous"),
+            _ => copy(
+                &mut to.storage_mut::<f64>()[..n],
+                from.as_slice::<f64>().expect("contiguous"),
+                dim,
                 &pairs,
             ),
         }
-        Some(steps)
+        Some(to)
     }
 
     /// The fused loop of `solver::residual_kernel` for `f32` tensors.
@@ -1295,21 +1189,8 @@ pub(crate) fn copy_rows(tensor: &mut Tensor<2>, rows: &[bool], value: &Tensor<2>
         value.dims(),
         rows.len()
     );
-    #[cfg(feature = "flex")]
-    {
-        if host_rows(tensor, value) {
-            let empty = Tensor::empty([0, 0], (&tensor.device(), tensor.dtype()));
-            let merged = <Dispatch as DeqOps>::copy_rows(
-                std::mem::replace(tensor, empty).into_dispatch(),
-                value.clone().into_dispatch(),
-                rows.to_vec(),
-            )
-            .expect("flex copies f32 and f64 rows");
-            *tensor = Tensor::from_dispatch(merged);
-            return true;
-        }
-    }
-    false
+    let pairs = (0..rows.len()).filter(|&b| rows[b]).map(|b| (b, b));
+    host_copy(tensor, value, value.dims()[1], pairs.collect())
 }
 
 /// Rows `samples[k]` of column `slot` of the ring `steps` (`[batch, slots, dim]`), copied into
@@ -1319,23 +1200,21 @@ pub(crate) fn copy_rows(tensor: &mut Tensor<2>, rows: &[bool], value: &Tensor<2>
 /// # Panics
 /// When `slot` or a sample is outside the ring.
 pub(crate) fn gather_slot(steps: &Tensor<3>, slot: usize, samples: &[usize]) -> Option<Tensor<2>> {
-    let [batch, slots, _] = steps.dims();
+    let [batch, slots, dim] = steps.dims();
     assert!(
         slot < slots && samples.iter().all(|&s| s < batch),
         "gather_slot: slot {slot}, samples {samples:?} of a ring {:?}",
         steps.dims()
     );
-    #[cfg(feature = "flex")]
-    if host_rows(steps, steps) {
-        let rows = <Dispatch as DeqOps>::gather_slot(
-            steps.clone().into_dispatch(),
-            slot,
-            samples.to_vec(),
-        )
-        .expect("flex copies f32 and f64 rows");
-        return Some(Tensor::from_dispatch(rows));
+    if !host_rows(steps, steps) {
+        return None;
     }
-    None
+    let mut rows = zeros([samples.len(), dim], &steps.device(), steps.dtype());
+    let pairs = samples
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| (k, s * slots + slot));
+    host_copy(&mut rows, steps, dim, pairs.collect()).then_some(rows)
 }
 
 /// Writes row `k` of `data` (`[n, dim]`) to column `slot` of sample `s` of the ring `steps`
@@ -1358,25 +1237,39 @@ pub(crate) fn scatter_slot(
         data.dims(),
         steps.dims()
     );
+    let pairs = pairs.iter().map(|&(s, k)| (s * slots + slot, k));
+    host_copy(steps, data, dim, pairs.collect())
+}
+
+/// [`DeqOps::copy_row_pairs`] into `to` (updated in place) on the host route
+/// ([`host_rows`]): returns true. Elsewhere returns false and leaves `to` as it was.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+fn host_copy<const D: usize, const E: usize>(
+    to: &mut Tensor<D>,
+    from: &Tensor<E>,
+    dim: usize,
+    pairs: Vec<(usize, usize)>,
+) -> bool {
     #[cfg(feature = "flex")]
-    if host_rows(steps, data) {
-        let empty = Tensor::empty([0, 0, 0], (&steps.device(), steps.dtype()));
-        let written = <Dispatch as DeqOps>::scatter_slot(
-            std::mem::replace(steps, empty).into_dispatch(),
-            slot,
-            data.clone().into_dispatch(),
-            pairs.to_vec(),
-        )
-        .expect("flex copies f32 and f64 rows");
-        *steps = Tensor::from_dispatch(written);
-        return true;
+    {
+        if host_rows(to, from) {
+            let empty = Tensor::empty([0; D], (&to.device(), to.dtype()));
+            let copied = <Dispatch as DeqOps>::copy_row_pairs(
+                std::mem::replace(to, empty).into_dispatch(),
+                from.clone().into_dispatch(),
+                dim,
+                pairs,
+            )
+            .expect("flex copies f32 and f64 rows");
+            *to = Tensor::from_dispatch(copied);
+            return true;
+        }
     }
     false
 }
 
-/// Both tensors are on flex without autodiff, with one dtype, `f32` or `f64`: the host row
-/// copies' route.
-#[cfg(feature = "flex")]
+/// Both tensors are on flex without autodiff, with one dtype, `f32` or `f64`: the route of the
+/// host row copies.
 fn host_rows<const D: usize, const E: usize>(a: &Tensor<D>, b: &Tensor<E>) -> bool {
     !(a.is_autodiff() || b.is_autodiff())
         && crate::device::is_flex(&a.device())
@@ -1385,6 +1278,27 @@ fn host_rows<const D: usize, const E: usize>(a: &Tensor<D>, b: &Tensor<E>) -> bo
             a.dtype(),
             burn::tensor::DType::F32 | burn::tensor::DType::F64
         )
+}
+
+/// Zeros of `dtype` on `device`. On flex, for `f32` and `f64`, built from a vector of that type:
+/// flex's `zeros` fills a byte vector, which the byte buffer then copies once more to align it
+/// (half the cost of a solve's ring of steps, measured on `small`).
+pub(crate) fn zeros<const D: usize>(
+    shape: [usize; D],
+    device: &burn::tensor::Device,
+    dtype: burn::tensor::DType,
+) -> Tensor<D> {
+    use burn::tensor::{DType, TensorData};
+    let n = shape.iter().product();
+    match dtype {
+        DType::F32 if crate::device::is_flex(device) => {
+            Tensor::from_data(TensorData::new(vec![0f32; n], shape), (device, DType::F32))
+        }
+        DType::F64 if crate::device::is_flex(device) => {
+            Tensor::from_data(TensorData::new(vec![0f64; n], shape), (device, DType::F64))
+        }
+        dtype => Tensor::zeros(shape, (device, dtype)),
+    }
 }
 
 /// Both tensors are `f32` on flex without autodiff: [`DeqOps::factor_product`]'s fused route.

@@ -5,7 +5,7 @@ use super::map::{row_index, row_runs};
 use super::tracker::where_rows;
 use crate::backward::op::{
     FactorPlan, PlanFactor, SamplePlan, factor_product, gather_slot, push_step,
-    residual_factor_product, scatter_slot,
+    residual_factor_product, scatter_slot, zeros,
 };
 
 /// Per-sample inverse-Jacobian estimate `B ≈ J_g⁻¹` of limited-memory ("good") Broyden (see
@@ -120,7 +120,7 @@ impl StepInverse {
         let [batch, dim] = like.dims();
         let slots = memory + 1;
         Self {
-            steps: zero_ring([batch, slots, dim], like),
+            steps: zeros([batch, slots, dim], &like.device(), like.dtype()),
             stamp: vec![0; batch * slots],
             secant: vec![false; batch * slots],
             norm: vec![f64::NAN; batch * slots],
@@ -524,23 +524,6 @@ impl StepInverse {
             }
         }
         m
-    }
-}
-
-/// A ring of zeros with `like`'s dtype and device. On flex, for `f32` and `f64`, built from a
-/// vector of that type: flex's `zeros` fills a byte vector, which the byte buffer then copies
-/// once more to align it (half the cost of a solve's ring, measured on `small`).
-fn zero_ring(shape: [usize; 3], like: &Tensor<2>) -> Tensor<3> {
-    use burn::tensor::{DType, TensorData};
-    let (device, n) = (like.device(), shape.iter().product());
-    match like.dtype() {
-        DType::F32 if crate::device::is_flex(&device) => {
-            Tensor::from_data(TensorData::new(vec![0f32; n], shape), (&device, DType::F32))
-        }
-        DType::F64 if crate::device::is_flex(&device) => {
-            Tensor::from_data(TensorData::new(vec![0f64; n], shape), (&device, DType::F64))
-        }
-        dtype => Tensor::zeros(shape, (&device, dtype)),
     }
 }
 
