@@ -343,10 +343,7 @@ impl StepInverse {
         let next: Vec<Option<usize>> = (0..batch)
             .map(|s| rows[s].then(|| self.newest(s).map_or(0, |j| (j + 1) % slots)))
             .collect();
-        let mut targets: Vec<usize> = next.iter().flatten().copied().collect();
-        targets.sort_unstable();
-        targets.dedup();
-        for slot in targets {
+        for slot in distinct_slots(&next) {
             let keep: Vec<bool> = (0..batch)
                 .map(|s| next[s] == Some(slot) && !now_best[s] && self.needed_by_best(s, slot))
                 .collect();
@@ -527,16 +524,21 @@ impl StepInverse {
     }
 }
 
+/// The slots named in `slots` (one per sample, or none), each once, in increasing order.
+fn distinct_slots(slots: &[Option<usize>]) -> Vec<usize> {
+    let mut distinct: Vec<usize> = slots.iter().flatten().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
+
 /// Most row runs [`write_column`] writes one by one; more go through one masked column.
 const MAX_RUNS: usize = 4;
 
 /// `buf` (`[batch, capacity, dim]`) with row `b` of `value` (`[batch, dim]`) written to slot
 /// `slots[b]` of sample `b` where one is named: one [`write_column`] per distinct slot.
 pub(crate) fn write_slots(buf: Tensor<3>, slots: &[Option<usize>], value: &Tensor<2>) -> Tensor<3> {
-    let mut targets: Vec<usize> = slots.iter().flatten().copied().collect();
-    targets.sort_unstable();
-    targets.dedup();
-    targets.into_iter().fold(buf, |buf, slot| {
+    distinct_slots(slots).into_iter().fold(buf, |buf, slot| {
         let selected: Vec<bool> = slots.iter().map(|&j| j == Some(slot)).collect();
         write_column(buf, slot, &selected, value)
     })
