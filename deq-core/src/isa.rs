@@ -11,7 +11,7 @@ pub(crate) enum Isa {
     /// AVX-512 (with AVX2 and FMA).
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// AVX2 with FMA.
+    /// AVX2 with FMA (and F16C, which every CPU with both has).
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
     /// The target's baseline.
@@ -32,11 +32,15 @@ impl Isa {
     fn runs_here(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Self::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Self::Avx2Fma => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             Self::Portable => true,
         }
@@ -73,15 +77,15 @@ pub(crate) fn test_value(seed: usize, i: usize) -> f32 {
 /// (`values`, `[batch, width]`; sample `b`'s `width` of them). The samples run on Rayon's pool
 /// (the one Burn's CPU backend uses): in parallel, or at one thread as one job on the pool's
 /// thread, where Burn's own operations run.
-pub(crate) fn for_each_sample(
+pub(crate) fn for_each_sample<V: Send>(
     rows: &mut [f32],
     dim: usize,
-    values: &mut [f32],
+    values: &mut [V],
     width: usize,
-    one: impl Fn(usize, &mut [f32], &mut [f32]) + Send + Sync,
+    one: impl Fn(usize, &mut [f32], &mut [V]) + Send + Sync,
 ) {
     use rayon::prelude::*;
-    let one = |(b, (row, values)): (usize, (&mut [f32], &mut [f32]))| one(b, row, values);
+    let one = |(b, (row, values)): (usize, (&mut [f32], &mut [V]))| one(b, row, values);
     if rayon::current_num_threads() <= 1 {
         rayon::scope(|_| {
             rows.chunks_mut(dim)

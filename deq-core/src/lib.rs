@@ -66,6 +66,6 @@ pub use function::{
 pub use linearization::Linearization;
 pub use solver::{
     BatchMap, SampleStats, SolveStatus, SolverConfig, SolverKind, SolverStats, StepInverse,
-    StopMode, row_index,
+    StepPrecision, StopMode, row_index,
 };
 pub use state::StateShape;

@@ -208,13 +208,13 @@ fn run<const ROWS: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn sample_avx512(plan: &Plan<8>, x: &[f32], pad: &mut Vec<f32>, out: &mut [f32]) {
     sample::<x86::Avx512, 2, 8>(plan, x, pad, out)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sample_avx2_fma(plan: &Plan<4>, x: &[f32], pad: &mut Vec<f32>, out: &mut [f32]) {
     sample::<x86::Avx2, 3, 4>(plan, x, pad, out)
 }

@@ -270,13 +270,13 @@ fn run(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn sample_avx512(plan: &Plan, x: &[f32], g: &[f32], b: &mut Buffers, acc: &mut [f32]) {
     sample::<x86::Avx512, 2, 12>(plan, x, g, b, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sample_avx2_fma(plan: &Plan, x: &[f32], g: &[f32], b: &mut Buffers, acc: &mut [f32]) {
     sample::<x86::Avx2, 2, 6>(plan, x, g, b, acc)
 }

@@ -176,17 +176,17 @@ pub trait DeqOps: Backend {
         None
     }
 
-    /// `(steps, next)` for one Broyden step with the write of its vector: see [`push_step`]
-    /// (`scale`: one per sample). `None`, the default, where [`push_step`] runs tensor
-    /// operations instead; flex overrides it with one fused host loop per sample.
-    #[allow(unused_variables)]
+    /// `(steps, next, units)` for one Broyden step with the write of its vector: see
+    /// [`push_step`] (`scale`: one per sample). `None`, the default, where [`push_step`] runs
+    /// tensor operations instead; flex overrides it with one fused host loop per sample.
+    #[allow(unused_variables, clippy::type_complexity)]
     fn push_step(
         steps: FloatTensor<Self>,
         w: FloatTensor<Self>,
         z: FloatTensor<Self>,
         scale: Vec<f32>,
         slots: Vec<Option<usize>>,
-    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>, Vec<f32>)> {
         None
     }
 
@@ -255,12 +255,26 @@ pub struct FactorPlan {
 }
 
 /// One sample's factors, in the order they apply, and its newest step.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SamplePlan {
     /// The factors `I + scale · a dᵀ`, the first applied first.
     pub factors: Vec<PlanFactor>,
     /// The slot of the step whose dot products with `w` and itself are wanted.
     pub newest: Option<usize>,
+    /// That step is its row times this (a power of two for half-precision steps, which are
+    /// stored scaled; 1 otherwise).
+    pub newest_scale: f64,
+}
+
+impl Default for SamplePlan {
+    /// No factors, no newest step.
+    fn default() -> Self {
+        Self {
+            factors: Vec::new(),
+            newest: None,
+            newest_scale: 1.0,
+        }
+    }
 }
 
 /// One factor `I + scale · a dᵀ` of a [`SamplePlan`]: `a` and `d` are rows of the sample's steps.
@@ -276,6 +290,8 @@ pub struct PlanFactor {
 
 #[cfg(feature = "flex")]
 use burn::backend::Flex;
+#[cfg(feature = "flex")]
+use half::f16;
 
 #[cfg(feature = "flex")]
 impl DeqOps for Flex {
@@ -429,47 +445,41 @@ impl DeqOps for Flex {
     }
 
     /// The fused per-sample loop of `solver::product_kernel` on the tensors' own memory, for
-    /// `f32`: in place in `x`'s buffer when `x` is contiguous and not shared (otherwise in a
-    /// copy), reading the steps where they are (a copy first if their slots are not rows of
-    /// one buffer).
+    /// `f32` (the steps `f32` or `f16`): in place in `x`'s buffer when `x` is contiguous and
+    /// not shared (otherwise in a copy), reading the steps where they are (a copy first if
+    /// their slots are not rows of one buffer).
     fn factor_product(
         steps: FloatTensor<Self>,
         x: FloatTensor<Self>,
         plan: FactorPlan,
     ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
-        use crate::solver::product_kernel::{Input, factor_product};
+        use crate::solver::product_kernel::Input;
         use burn::tensor::{DType, TensorData};
-        if steps.dtype() != DType::F32 || x.dtype() != DType::F32 {
+        if !host_steps(steps.dtype()) || x.dtype() != DType::F32 {
             return None;
         }
         let steps = FlexSteps::of(steps);
         let (batch, dim) = (steps.batch, steps.dim);
         let mut w = writable(x);
         let mut dots = vec![0f32; 2 * batch];
-        factor_product(
-            steps.view(),
-            Input::InPlace,
-            &mut w.storage_mut::<f32>()[..batch * dim],
-            dim,
-            &plan,
-            &mut dots,
-        );
+        let out = &mut w.storage_mut::<f32>()[..batch * dim];
+        steps.product(Input::InPlace, out, &plan, &mut dots);
         let dots = FloatTensor::<Self>::from_data(TensorData::new(dots, [batch, 2]));
         Some((w, dots))
     }
 
     /// The fused per-sample loop of `solver::product_kernel` with the residual taken in its
-    /// first sweep, for `f32`: `z` and `fz` are read where they are (copies first if they are
-    /// not contiguous), the product is written to a new buffer.
+    /// first sweep, for `f32` (the steps `f32` or `f16`): `z` and `fz` are read where they are
+    /// (copies first if they are not contiguous), the product is written to a new buffer.
     fn residual_factor_product(
         steps: FloatTensor<Self>,
         z: FloatTensor<Self>,
         fz: FloatTensor<Self>,
         plan: FactorPlan,
     ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
-        use crate::solver::product_kernel::{Input, factor_product};
+        use crate::solver::product_kernel::Input;
         use burn::tensor::{DType, TensorData};
-        if [&steps, &z, &fz].iter().any(|t| t.dtype() != DType::F32) {
+        if !host_steps(steps.dtype()) || [&z, &fz].iter().any(|t| t.dtype() != DType::F32) {
             return None;
         }
         let steps = FlexSteps::of(steps);
@@ -477,54 +487,61 @@ impl DeqOps for Flex {
         let (z, fz) = (z.to_contiguous(), fz.to_contiguous());
         let mut w = vec![0f32; batch * dim];
         let mut values = vec![0f32; 4 * batch];
-        factor_product(
-            steps.view(),
-            Input::Residual {
-                z: z.as_slice::<f32>().expect("contiguous"),
-                fz: fz.as_slice::<f32>().expect("contiguous"),
-            },
-            &mut w,
-            dim,
-            &plan,
-            &mut values,
-        );
+        let input = Input::Residual {
+            z: z.as_slice::<f32>().expect("contiguous"),
+            fz: fz.as_slice::<f32>().expect("contiguous"),
+        };
+        steps.product(input, &mut w, &plan, &mut values);
         let tensor = |values: Vec<f32>, width: usize| {
             FloatTensor::<Self>::from_data(TensorData::new(values, [batch, width]))
         };
         Some((tensor(w, dim), tensor(values, 4)))
     }
 
-    /// The fused loop of `solver::step_kernel` for `f32`: the ring and `w` are written in
-    /// place when they are contiguous and not shared (otherwise copies are), `z` is read where
-    /// it is.
+    /// The fused loop of `solver::step_kernel` for `f32` (the ring `f32` or `f16`): the ring
+    /// and `w` are written in place when they are contiguous and not shared (otherwise copies
+    /// are), `z` is read where it is.
     fn push_step(
         steps: FloatTensor<Self>,
         w: FloatTensor<Self>,
         z: FloatTensor<Self>,
         scale: Vec<f32>,
         slots: Vec<Option<usize>>,
-    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>, Vec<f32>)> {
         use crate::solver::step_kernel::push_step;
         use burn::tensor::DType;
-        if [&steps, &w, &z].iter().any(|t| t.dtype() != DType::F32) {
+        if !host_steps(steps.dtype()) || [&w, &z].iter().any(|t| t.dtype() != DType::F32) {
             return None;
         }
         let (mut steps, mut w, z) = (writable(steps), writable(w), z.to_contiguous());
         let [batch, capacity, dim] = [0, 1, 2].map(|k| steps.layout().shape()[k]);
-        push_step(
-            &mut steps.storage_mut::<f32>()[..batch * capacity * dim],
-            &slots,
-            &scale,
-            z.as_slice::<f32>().expect("contiguous"),
-            &mut w.storage_mut::<f32>()[..batch * dim],
-            dim,
-        );
-        Some((steps, w))
+        let n = batch * capacity * dim;
+        let z = z.as_slice::<f32>().expect("contiguous");
+        let out = &mut w.storage_mut::<f32>()[..batch * dim];
+        let units = match steps.dtype() {
+            DType::F16 => push_step(
+                &mut steps.storage_mut::<f16>()[..n],
+                &slots,
+                &scale,
+                z,
+                out,
+                dim,
+            ),
+            _ => push_step(
+                &mut steps.storage_mut::<f32>()[..n],
+                &slots,
+                &scale,
+                z,
+                out,
+                dim,
+            ),
+        };
+        Some((steps, w, units))
     }
 
     /// Row copies into `to`'s buffer when it is contiguous and not shared (otherwise into a
     /// copy of it), reading `from` where it is (a contiguous copy first if it is not), for
-    /// `f32` and `f64`.
+    /// `f32`, `f64` and `f16`.
     fn copy_row_pairs(
         to: FloatTensor<Self>,
         from: FloatTensor<Self>,
@@ -538,7 +555,7 @@ impl DeqOps for Flex {
             }
         }
         let dtype = to.dtype();
-        if from.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
+        if from.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64 | DType::F16) {
             return None;
         }
         let (mut to, from) = (writable(to), from.to_contiguous());
@@ -547,6 +564,12 @@ impl DeqOps for Flex {
             DType::F32 => copy(
                 &mut to.storage_mut::<f32>()[..n],
                 from.as_slice::<f32>().expect("contiguous"),
+                dim,
+                &pairs,
+            ),
+            DType::F16 => copy(
+                &mut to.storage_mut::<f16>()[..n],
+                from.as_slice::<f16>().expect("contiguous"),
                 dim,
                 &pairs,
             ),
@@ -589,6 +612,13 @@ impl DeqOps for Flex {
     }
 }
 
+/// Whether the host kernels read and write steps of this dtype: `f32`, or the half-precision
+/// steps of `solver::StepPrecision::Half`.
+#[cfg(feature = "flex")]
+fn host_steps(dtype: burn::tensor::DType) -> bool {
+    matches!(dtype, burn::tensor::DType::F32 | burn::tensor::DType::F16)
+}
+
 /// `t` itself when it is contiguous from the start of a buffer it alone holds (so that a host
 /// loop can write it in place), otherwise a contiguous copy.
 #[cfg(feature = "flex")]
@@ -625,10 +655,30 @@ impl FlexSteps {
         Self { tensor, batch, dim }
     }
 
-    fn view(&self) -> crate::solver::product_kernel::Steps<'_> {
+    /// `solver::product_kernel::factor_product` over these steps, read in their dtype (`f32`
+    /// or `f16`).
+    fn product(
+        &self,
+        input: crate::solver::product_kernel::Input<'_>,
+        w: &mut [f32],
+        plan: &FactorPlan,
+        values: &mut [f32],
+    ) {
+        use crate::solver::product_kernel::factor_product;
+        match self.tensor.dtype() {
+            burn::tensor::DType::F16 => {
+                factor_product(self.view::<f16>(), input, w, self.dim, plan, values)
+            }
+            _ => factor_product(self.view::<f32>(), input, w, self.dim, plan, values),
+        }
+    }
+
+    fn view<E: burn::tensor::Element + bytemuck::Pod>(
+        &self,
+    ) -> crate::solver::product_kernel::Steps<'_, E> {
         let layout = self.tensor.layout();
         crate::solver::product_kernel::Steps {
-            data: &self.tensor.storage::<f32>()[layout.start_offset()..],
+            data: &self.tensor.storage::<E>()[layout.start_offset()..],
             sample_stride: layout.strides()[0] as usize,
             slot_stride: self.dim,
         }
@@ -1053,7 +1103,7 @@ pub fn batch_norm_train(
 /// When the plan has another number of samples than `x`, or names a slot outside `steps`.
 pub fn factor_product(steps: Tensor<3>, x: Tensor<2>, plan: FactorPlan) -> (Tensor<2>, Tensor<2>) {
     check_plan(&steps, &plan);
-    if on_flex_f32(&steps, &x) {
+    if on_flex_host(&steps, &x) {
         // Flex runs its fused loop for every f32 input: `x` is handed over (not shared), so
         // that the product can be written in its buffer.
         let found =
@@ -1100,7 +1150,7 @@ pub fn residual_factor_product(
     fz: &Tensor<2>,
     plan: FactorPlan,
 ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
-    if on_flex_f32(&steps, z) && on_flex_f32(&steps, fz) {
+    if on_flex_host(&steps, z) && on_flex_host(&steps, fz) {
         check_plan(&steps, &plan);
         let found = <Dispatch as DeqOps>::residual_factor_product(
             steps.into_dispatch(),
@@ -1124,11 +1174,13 @@ pub fn residual_factor_product(
 /// One step of a Broyden solve with the write of its vector into the inverse's ring of steps
 /// (`[batch, slots, dim]`): per sample `b` with a slot `slots[b]`, the step `scale[b] · w_b` is
 /// written to that slot and the next iterate is `z_b − scale[b] · w_b`; a sample without a slot
-/// keeps `z_b` (`w`, `z`: `[batch, dim]`). Returns the ring and the next iterates.
+/// keeps `z_b` (`w`, `z`: `[batch, dim]`). Returns the ring, the next iterates and per sample
+/// the unit of the written row (the step is the row times it; see `solver::step_kernel`): 1
+/// except for the scaled rows of an `f16` ring.
 ///
-/// On flex, for `f32`, one loop per sample writes both in place (the ring's buffer and `w`'s,
-/// when not shared: `w` is handed over); elsewhere, a scaling, a write per slot and a
-/// subtraction.
+/// On flex, for `f32` (the ring `f32` or `f16`), one loop per sample writes both in place (the
+/// ring's buffer and `w`'s, when not shared: `w` is handed over); elsewhere, a scaling, a write
+/// per slot (cast to the ring's dtype) and a subtraction.
 ///
 /// # Panics
 /// When `scale` or `slots` has another length than the batch, or a slot is outside the ring.
@@ -1138,7 +1190,7 @@ pub fn push_step(
     z: &Tensor<2>,
     scale: &[f64],
     slots: &[Option<usize>],
-) -> (Tensor<3>, Tensor<2>) {
+) -> (Tensor<3>, Tensor<2>, Vec<f32>) {
     use crate::solver::{where_rows, write_slots};
     use burn::tensor::TensorData;
     let [batch, capacity, _] = steps.dims();
@@ -1152,7 +1204,7 @@ pub fn push_step(
         slots.iter().flatten().all(|&j| j < capacity),
         "push_step: a slot outside {capacity}"
     );
-    if on_flex_f32(&steps, &w) && on_flex_f32(&steps, z) {
+    if on_flex_host(&steps, &w) && on_flex_host(&steps, z) {
         let found = <Dispatch as DeqOps>::push_step(
             steps.into_dispatch(),
             w.into_dispatch(),
@@ -1160,18 +1212,27 @@ pub fn push_step(
             scale.iter().map(|&s| s as f32).collect(),
             slots.to_vec(),
         );
-        let (steps, next) = found.expect("flex computes push_step for f32 tensors");
-        return (Tensor::from_dispatch(steps), Tensor::from_dispatch(next));
+        let (steps, next, units) = found.expect("flex computes push_step for f32 tensors");
+        return (
+            Tensor::from_dispatch(steps),
+            Tensor::from_dispatch(next),
+            units,
+        );
     }
     let column = Tensor::<2>::from_data(
         TensorData::new(scale.to_vec(), [batch, 1]),
         (&w.device(), w.dtype()),
     );
     let b = w * column;
-    let steps = write_slots(steps, slots, &b);
+    let steps = if steps.dtype() == b.dtype() {
+        write_slots(steps, slots, &b)
+    } else {
+        let dtype = steps.dtype();
+        write_slots(steps, slots, &b.clone().cast(dtype))
+    };
     let moving: Vec<bool> = slots.iter().map(Option::is_some).collect();
     let next = where_rows(z.clone(), &moving, z.clone() - b);
-    (steps, next)
+    (steps, next, vec![1.0; batch])
 }
 
 /// Copies the rows where `rows` is true from `value` into `tensor` (both `[batch, dim]`, one
@@ -1276,7 +1337,7 @@ fn host_rows<const D: usize, const E: usize>(a: &Tensor<D>, b: &Tensor<E>) -> bo
         && a.dtype() == b.dtype()
         && matches!(
             a.dtype(),
-            burn::tensor::DType::F32 | burn::tensor::DType::F64
+            burn::tensor::DType::F32 | burn::tensor::DType::F64 | burn::tensor::DType::F16
         )
 }
 
@@ -1297,17 +1358,28 @@ pub(crate) fn zeros<const D: usize>(
         DType::F64 if crate::device::is_flex(device) => {
             Tensor::from_data(TensorData::new(vec![0f64; n], shape), (device, DType::F64))
         }
+        DType::F16 if crate::device::is_flex(device) => Tensor::from_data(
+            TensorData::new(vec![half::f16::ZERO; n], shape),
+            (device, DType::F16),
+        ),
         dtype => Tensor::zeros(shape, (device, dtype)),
     }
 }
 
 /// Both tensors are `f32` on flex without autodiff: [`DeqOps::factor_product`]'s fused route.
-fn on_flex_f32(steps: &Tensor<3>, x: &Tensor<2>) -> bool {
+/// Whether a ring of half-precision steps for iterates like `like` runs on the host kernels:
+/// flex, `f32`, no autodiff (see `solver::StepPrecision::Half`).
+pub(crate) fn half_steps_run_here(like: &Tensor<2>) -> bool {
+    let ring = Tensor::<3>::empty([0, 0, 0], (&like.device(), burn::tensor::DType::F16));
+    on_flex_host(&ring, like)
+}
+
+fn on_flex_host(steps: &Tensor<3>, x: &Tensor<2>) -> bool {
     use burn::tensor::DType;
     #[cfg(feature = "flex")]
     {
         let plain = !(steps.is_autodiff() || x.is_autodiff());
-        let f32s = steps.dtype() == DType::F32 && x.dtype() == DType::F32;
+        let f32s = host_steps(steps.dtype()) && x.dtype() == DType::F32;
         plain && f32s && crate::device::is_flex(&x.device())
     }
     #[cfg(not(feature = "flex"))]
@@ -1329,6 +1401,11 @@ fn gathered_factor_product(
     use burn::tensor::TensorData;
     let [batch, slots, dim] = steps.dims();
     let (device, dtype) = (x.device(), x.dtype());
+    let steps = if steps.dtype() == dtype {
+        steps
+    } else {
+        steps.cast(dtype)
+    };
     let flat = steps.reshape([batch * slots, dim]);
     let rows = |slot: &dyn Fn(&SamplePlan) -> Option<usize>| {
         let index: Vec<usize> = plan
@@ -1370,6 +1447,13 @@ fn gathered_factor_product(
     let named: Vec<bool> = plan.samples.iter().map(|s| s.newest.is_some()).collect();
     let y = rows(&|s| s.newest);
     let dots = Tensor::cat(vec![row_dot(&y, &w), row_dot(&y, &y)], 1);
+    let units: Vec<f64> = plan.samples.iter().map(|s| s.newest_scale).collect();
+    let dots = if units.iter().all(|&u| u == 1.0) {
+        dots
+    } else {
+        let squared = units.iter().flat_map(|&u| [u, u * u]).collect();
+        dots * Tensor::<2>::from_data(TensorData::new(squared, [batch, 2]), (&device, dtype))
+    };
     let dots = if named.iter().all(|&n| n) {
         dots
     } else {

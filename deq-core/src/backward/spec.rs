@@ -30,7 +30,7 @@ impl fmt::Display for BackwardMode {
             } => {
                 write!(f, "implicit:solver={},", solver.name())?;
                 match solver {
-                    SolverKind::Broyden { memory } | SolverKind::Anderson { memory, .. } => {
+                    SolverKind::Broyden { memory, .. } | SolverKind::Anderson { memory, .. } => {
                         write!(f, "memory={memory},")?
                     }
                     SolverKind::FixedPoint { .. } => {}

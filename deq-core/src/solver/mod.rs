@@ -10,6 +10,7 @@ mod best;
 mod broyden;
 mod fixed_point;
 mod map;
+mod precision;
 #[cfg(feature = "flex")]
 pub(crate) mod product_kernel;
 #[cfg(feature = "flex")]
@@ -27,6 +28,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use map::{BatchMap, row_index};
+pub use precision::StepPrecision;
 pub use stats::{SampleStats, SolveStatus, SolverStats};
 pub use step_inverse::StepInverse;
 
@@ -63,13 +65,24 @@ pub enum SolverKind {
     Broyden {
         /// Number of rank-one factors kept per sample (m ≥ 1; `m + 1` steps stored).
         memory: usize,
+        /// How the steps are stored ([`StepPrecision::Full`] when absent from a file).
+        #[serde(default)]
+        steps: StepPrecision,
     },
 }
 
 impl SolverKind {
     /// Broyden with the given memory.
     pub fn broyden(memory: usize) -> Self {
-        Self::Broyden { memory }
+        Self::Broyden {
+            memory,
+            steps: StepPrecision::Full,
+        }
+    }
+
+    /// Broyden with the given memory and its steps stored at `steps`.
+    pub fn broyden_with(memory: usize, steps: StepPrecision) -> Self {
+        Self::Broyden { memory, steps }
     }
 
     /// Anderson with the given memory, ridge 1e-4 and mixing 1.
@@ -123,7 +136,7 @@ impl SolverKind {
                     mixing,
                 )
             }
-            Self::Broyden { memory } => check_nonzero(
+            Self::Broyden { memory, .. } => check_nonzero(
                 role.field("solver.memory", "backward.solver.memory"),
                 memory,
             ),
@@ -271,9 +284,9 @@ impl SolverConfig {
                     inverse: None,
                 }
             }
-            SolverKind::Broyden { memory } => {
+            SolverKind::Broyden { memory, steps } => {
                 // At most `max_iter` factors are made: a larger ring would only hold zeros.
-                let init = StepInverse::identity(&z0, memory.min(max_iter));
+                let init = StepInverse::identity_with(&z0, memory.min(max_iter), steps);
                 let (tracker, inverse) = broyden::broyden(map, z0, fz0, rule, max_iter, init);
                 let (z, stats) = tracker.finish();
                 SolveResult {

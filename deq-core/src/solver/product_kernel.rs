@@ -1,5 +1,5 @@
 //! The product of a Broyden inverse in product form with one vector per sample, fused on host
-//! memory (`f32`): `w = ±x`, then each factor `I + κ a dᵀ` in turn, `w ← w + κ (d · w) a`, and
+//! memory (`f32`, the steps `f32` or `f16`): `w = ±x`, then each factor `I + κ a dᵀ` in turn, `w ← w + κ (d · w) a`, and
 //! the two dot products of the secant update with the sample's newest step `y`, `y · w` and
 //! `y · y`.
 //!
@@ -12,10 +12,11 @@
 //!
 //! The loops run on explicit vectors ([`Lanes`]: AVX-512, AVX2 + FMA, or a portable array; the
 //! CPU picks one at run time), with the partial sums in registers and summed in `f64` block by
-//! block.
+//! block. Half-precision steps are widened to `f32` as they are loaded: they halve the bytes
+//! read, which is what the product's time goes to.
 #[cfg(target_arch = "x86_64")]
 use crate::backward::lanes::x86;
-use crate::backward::lanes::{Lanes, prefetch};
+use crate::backward::lanes::{Lanes, Stored, prefetch};
 use crate::backward::op::{FactorPlan, SamplePlan};
 use crate::isa::{Isa as Kernel, for_each_sample};
 
@@ -25,17 +26,17 @@ const BLOCK: usize = 512;
 /// The steps of every sample: `data[b * sample_stride + j * slot_stride + i]` is entry `i` of
 /// slot `j` of sample `b`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Steps<'a> {
+pub(crate) struct Steps<'a, E> {
     /// The storage the strides index into.
-    pub data: &'a [f32],
+    pub data: &'a [E],
     /// Distance between two samples.
     pub sample_stride: usize,
     /// Distance between two slots of one sample.
     pub slot_stride: usize,
 }
 
-impl Steps<'_> {
-    fn row(&self, sample: usize, slot: usize, dim: usize) -> &[f32] {
+impl<E> Steps<'_, E> {
+    fn row(&self, sample: usize, slot: usize, dim: usize) -> &[E] {
         let start = sample * self.sample_stride + slot * self.slot_stride;
         &self.data[start..start + dim]
     }
@@ -59,13 +60,14 @@ pub(crate) enum Input<'a> {
 /// Replaces each row of `w` (row-major `[batch, dim]`) by the product of `plan` with `x` (see
 /// [`Input`]), and writes per sample to `values` (`[batch, width]`): with
 /// [`Input::Residual`], `‖x‖²` and `‖fz‖²`, then in both cases `y · w` and `y · y` for the
-/// sample's newest step `y` (zeros where the plan names none). `width` is 4 with a residual, 2
-/// without. In place: the caller's buffer (often `x`'s own) is the output.
+/// sample's newest step `y` (zeros where the plan names none; a step is its row times the
+/// plan's `newest_scale`). `width` is 4 with a residual, 2 without. In place: the caller's
+/// buffer (often `x`'s own) is the output.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say, or the plan has another number of samples.
-pub(crate) fn factor_product(
-    steps: Steps<'_>,
+pub(crate) fn factor_product<E: Stored>(
+    steps: Steps<'_, E>,
     input: Input<'_>,
     w: &mut [f32],
     dim: usize,
@@ -109,6 +111,7 @@ pub(crate) fn factor_product(
             residual,
         };
         let (dots, squares) = kernel.run(&sample, w);
+        let unit = plan.samples[b].newest_scale;
         let out = match residual {
             Some(_) => {
                 values[0] = squares[0] as f32;
@@ -117,14 +120,14 @@ pub(crate) fn factor_product(
             }
             None => values,
         };
-        out[0] = dots[0] as f32;
-        out[1] = dots[1] as f32;
+        out[0] = (dots[0] * unit) as f32;
+        out[1] = (dots[1] * unit * unit) as f32;
     });
 }
 
 /// One sample's inputs.
-struct Sample<'a> {
-    steps: Steps<'a>,
+struct Sample<'a, E> {
+    steps: Steps<'a, E>,
     b: usize,
     plan: &'a SamplePlan,
     negate: bool,
@@ -134,7 +137,7 @@ struct Sample<'a> {
 
 impl Kernel {
     /// One sample: its dots and, with a residual, its squares (zeros without).
-    fn run(self, s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
+    fn run<E: Stored>(self, s: &Sample<'_, E>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
         match self {
             // SAFETY: `detect` chose these only where the CPU has the features they are
             // compiled for.
@@ -142,21 +145,21 @@ impl Kernel {
             Self::Avx512 => unsafe { sample_avx512(s, w) },
             #[cfg(target_arch = "x86_64")]
             Self::Avx2Fma => unsafe { sample_avx2_fma(s, w) },
-            Self::Portable => sample::<[f32; 4]>(s, w),
+            Self::Portable => sample::<[f32; 4], E>(s, w),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn sample_avx512(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
-    sample::<x86::Avx512>(s, w)
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn sample_avx512<E: Stored>(s: &Sample<'_, E>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
+    sample::<x86::Avx512, E>(s, w)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sample_avx2_fma(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
-    sample::<x86::Avx2>(s, w)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sample_avx2_fma<E: Stored>(s: &Sample<'_, E>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
+    sample::<x86::Avx2, E>(s, w)
 }
 
 /// One sample, in place: `x` (from `w`, or the residual written to `w` by the first sweep,
@@ -166,7 +169,7 @@ unsafe fn sample_avx2_fma(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2])
 /// `y`). Without factors, one sweep applies the sign and takes the dot products. Returns the
 /// dots and the residual's squares (zeros without one).
 #[inline(always)]
-fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
+fn sample<L: Lanes, E: Stored>(s: &Sample<'_, E>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
     let dim = w.len();
     let row = |slot: usize| s.steps.row(s.b, slot, dim);
     let factors = &s.plan.factors;
@@ -175,7 +178,7 @@ fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
     // breaks), prefetched during the sweep before; after the last factor, the newest step
     // when that is not the last `a`. (Prefetching the next sample's first step there made the
     // products slower on the machine of `docs/RESULTS.md`.)
-    let after = |i: usize| -> &[f32] {
+    let after = |i: usize| -> &[E] {
         match factors.get(i) {
             Some(f) if i > 0 && factors[i - 1].axpy != f.dot => row(f.dot),
             Some(f) => row(f.axpy),
@@ -188,29 +191,33 @@ fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
     let (mut next, squares) = match s.residual {
         Some((z, fz)) => {
             // Without factors the dot product is taken with `fz` (already read) and dropped.
-            let d = factors.first().map_or(fz, |f| row(f.dot));
-            let [g2, f2, dg] = residual_dot::<L>(z, fz, w, d, after(0));
+            let [g2, f2, dg] = match factors.first() {
+                Some(f) => residual_dot::<L, E>(z, fz, w, row(f.dot), after(0)),
+                None => residual_dot::<L, f32>(z, fz, w, fz, after(0)),
+            };
             (factors.first().map(|_| dg), [g2, f2])
         }
         None => (
-            factors.first().map(|f| dot::<L>(row(f.dot), w, after(0))),
+            factors
+                .first()
+                .map(|f| dot::<L, E, f32, E>(row(f.dot), w, after(0))),
             [0.0; 2],
         ),
     };
     if factors.is_empty() {
         let y = s.plan.newest.map(row);
-        let found = scale_dots::<L>(w, sign, y);
+        let found = scale_dots::<L, E>(w, sign, y);
         return (if y.is_some() { found } else { [0.0; 2] }, squares);
     }
     let mut last = None;
     for (i, f) in factors.iter().enumerate() {
         let d = match next.take() {
             Some(d) => d,
-            None => dot::<L>(row(f.dot), w, row(f.axpy)),
+            None => dot::<L, E, f32, E>(row(f.dot), w, row(f.axpy)),
         };
         let final_sweep = i + 1 == factors.len();
         let sign = if final_sweep { sign } else { 1.0 };
-        let (aw, aa) = axpy_dots::<L>(w, row(f.axpy), (f.scale * d) as f32, sign, after(i + 1));
+        let (aw, aa) = axpy_dots::<L, E>(w, row(f.axpy), (f.scale * d) as f32, sign, after(i + 1));
         if factors.get(i + 1).is_some_and(|n| n.dot == f.axpy) {
             next = Some(aw);
         }
@@ -220,7 +227,7 @@ fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
         (Some(_), Some(found)) => found,
         (Some(y), None) => {
             let y = row(y);
-            [dot::<L>(y, w, &[]), dot::<L>(y, y, &[])]
+            [dot::<L, E, f32, E>(y, w, &[]), dot::<L, E, E, E>(y, y, &[])]
         }
         (None, _) => [0.0; 2],
     };
@@ -230,12 +237,12 @@ fn sample<L: Lanes>(s: &Sample<'_>, w: &mut [f32]) -> ([f64; 2], [f64; 2]) {
 /// `w ← fz − z`, returning `[‖w‖², ‖fz‖², d · w]` with the new `w`, in one sweep (partial sums
 /// in three vectors, summed in `f64` per [`BLOCK`]); `ahead` as for [`dot`].
 #[inline(always)]
-fn residual_dot<L: Lanes>(
+fn residual_dot<L: Lanes, E: Stored>(
     z: &[f32],
     fz: &[f32],
     w: &mut [f32],
-    d: &[f32],
-    ahead: &[f32],
+    d: &[E],
+    ahead: &[impl Sized],
 ) -> [f64; 3] {
     let (n, minus) = (L::WIDTH, L::splat(-1.0));
     let mut total = [0f64; 3];
@@ -256,7 +263,7 @@ fn residual_dot<L: Lanes>(
             g.store(&mut w[i..]);
             s[0] = g.madd(g, s[0]);
             s[1] = f.madd(f, s[1]);
-            s[2] = L::load(&d[i..]).madd(g, s[2]);
+            s[2] = E::load::<L>(&d[i..]).madd(g, s[2]);
         }
         let mut t = [lane_sum(s[0]), lane_sum(s[1]), lane_sum(s[2])];
         for i in whole..z.len() {
@@ -264,7 +271,7 @@ fn residual_dot<L: Lanes>(
             w[i] = g;
             t[0] += g * g;
             t[1] += fz[i] * fz[i];
-            t[2] += d[i] * g;
+            t[2] += d[i].get() * g;
         }
         for k in 0..3 {
             total[k] += t[k] as f64;
@@ -275,7 +282,7 @@ fn residual_dot<L: Lanes>(
 
 /// `w ← sign · w`, returning `(y · w, y · y)` with the new `w` when `y` is given.
 #[inline(always)]
-fn scale_dots<L: Lanes>(w: &mut [f32], sign: f32, y: Option<&[f32]>) -> [f64; 2] {
+fn scale_dots<L: Lanes, E: Stored>(w: &mut [f32], sign: f32, y: Option<&[E]>) -> [f64; 2] {
     if sign != 1.0 {
         for v in w.iter_mut() {
             *v *= sign;
@@ -284,7 +291,7 @@ fn scale_dots<L: Lanes>(w: &mut [f32], sign: f32, y: Option<&[f32]>) -> [f64; 2]
     // A `match`, not a closure: a closure would not get this function's target features, and
     // the vector intrinsics inside would not be inlined.
     match y {
-        Some(y) => [dot::<L>(y, w, &[]), dot::<L>(y, y, &[])],
+        Some(y) => [dot::<L, E, f32, E>(y, w, &[]), dot::<L, E, E, E>(y, y, &[])],
         None => [0.0; 2],
     }
 }
@@ -297,13 +304,13 @@ fn lane_sum<L: Lanes>(v: L) -> f32 {
     lanes[..L::WIDTH].iter().sum()
 }
 
-/// Values per cache line.
-const LINE: usize = 16;
+/// Bytes per cache line.
+const LINE: usize = 64;
 
 /// Prefetches the lines of `ahead` that hold entries `at..at + count` (see [`prefetch`]).
 #[inline(always)]
-fn prefetch_lines(ahead: &[f32], at: usize, count: usize) {
-    for k in (0..count).step_by(LINE) {
+fn prefetch_lines<T>(ahead: &[T], at: usize, count: usize) {
+    for k in (0..count).step_by(LINE / size_of::<T>()) {
         prefetch(ahead, at + k);
     }
 }
@@ -311,7 +318,7 @@ fn prefetch_lines(ahead: &[f32], at: usize, count: usize) {
 /// `a · b`: four vectors of partial sums, summed in `f64` per [`BLOCK`]; `ahead` (the row the
 /// next sweep reads, or empty) is prefetched on the way, line for line.
 #[inline(always)]
-fn dot<L: Lanes>(a: &[f32], b: &[f32], ahead: &[f32]) -> f64 {
+fn dot<L: Lanes, A: Stored, B: Stored, P>(a: &[A], b: &[B], ahead: &[P]) -> f64 {
     let (n, one) = (L::WIDTH, L::splat(1.0));
     let mut total = 0f64;
     for (k, (a, b)) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
@@ -322,11 +329,13 @@ fn dot<L: Lanes>(a: &[f32], b: &[f32], ahead: &[f32]) -> f64 {
             prefetch_lines(ahead, base + i, 4 * n);
             for (k, s) in s.iter_mut().enumerate() {
                 let at = i + k * n;
-                *s = L::load(&a[at..]).madd(L::load(&b[at..]), *s);
+                *s = A::load::<L>(&a[at..]).madd(B::load::<L>(&b[at..]), *s);
             }
         }
         let sum = s[0].madd(one, s[1]).madd(one, s[2].madd(one, s[3]));
-        let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(a, b)| a * b).sum();
+        let tail: f32 = (a[whole..].iter().zip(&b[whole..]))
+            .map(|(a, b)| a.get() * b.get())
+            .sum();
         total += (lane_sum(sum) + tail) as f64;
     }
     total
@@ -335,7 +344,13 @@ fn dot<L: Lanes>(a: &[f32], b: &[f32], ahead: &[f32]) -> f64 {
 /// `w ← sign · (w + c a)`, returning `(a · w, a · a)` with the updated `w`, in one sweep: two
 /// vectors of partial sums each, summed in `f64` per [`BLOCK`]; `ahead` as for [`dot`].
 #[inline(always)]
-fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], c: f32, sign: f32, ahead: &[f32]) -> (f64, f64) {
+fn axpy_dots<L: Lanes, E: Stored>(
+    w: &mut [f32],
+    a: &[E],
+    c: f32,
+    sign: f32,
+    ahead: &[E],
+) -> (f64, f64) {
     let (n, one) = (L::WIDTH, L::splat(1.0));
     let (sc, sg, zero) = (L::splat(sign * c), L::splat(sign), L::zero());
     let (mut aw, mut aa) = (0f64, 0f64);
@@ -347,7 +362,7 @@ fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], c: f32, sign: f32, ahead: &[f32
             prefetch_lines(ahead, base + i, 2 * n);
             for k in 0..2 {
                 let at = i + k * n;
-                let ak = L::load(&a[at..]);
+                let ak = E::load::<L>(&a[at..]);
                 let wk = ak.madd(sc, L::load(&w[at..]).madd(sg, zero));
                 wk.store(&mut w[at..]);
                 s[k] = ak.madd(wk, s[k]);
@@ -359,9 +374,10 @@ fn axpy_dots<L: Lanes>(w: &mut [f32], a: &[f32], c: f32, sign: f32, ahead: &[f32
             lane_sum(t[0].madd(one, t[1])),
         );
         for i in whole..a.len() {
-            w[i] = sign * (w[i] + c * a[i]);
-            s += a[i] * w[i];
-            t += a[i] * a[i];
+            let ai = a[i].get();
+            w[i] = sign * (w[i] + c * ai);
+            s += ai * w[i];
+            t += ai * ai;
         }
         aw += s as f64;
         aa += t as f64;
@@ -400,36 +416,43 @@ mod tests {
     /// or the block: a chain that wraps around the ring and ends at the newest step (the last
     /// sweep gives the dots), a chain broken by a skipped update with the newest step after it
     /// (a sweep of its own), no factors, and no newest step; from `x` and from `−x`, with `x`
-    /// in `w` and `x` the residual of `z` and `fz` (with its squared norms).
+    /// in `w` and `x` the residual of `z` and `fz` (with its squared norms). With `f32` steps
+    /// and `f16` steps (the reference takes the `f16` values as they are), and scaled newest
+    /// steps.
     #[test]
     fn every_kernel_matches_the_definition() {
+        check_kernels(|v| v);
+        check_kernels(half::f16::from_f32);
+    }
+
+    fn check_kernels<E: Stored>(stored: impl Fn(f32) -> E) {
         let (slots, dim) = (5, 2 * BLOCK + 32 + 7);
         let factor = |dot, axpy, scale| PlanFactor { dot, axpy, scale };
         let plans = [
             SamplePlan {
                 factors: vec![factor(3, 4, 0.7), factor(4, 0, -1.3), factor(0, 1, 0.4)],
                 newest: Some(1),
+                newest_scale: 0.25,
             },
             SamplePlan {
                 factors: vec![factor(0, 1, 0.9), factor(2, 3, 0.5)],
                 newest: Some(4),
+                newest_scale: 1.0,
             },
             SamplePlan {
                 factors: vec![],
                 newest: Some(2),
+                newest_scale: 8.0,
             },
             SamplePlan {
                 factors: vec![factor(1, 2, 1.1)],
-                newest: None,
+                ..SamplePlan::default()
             },
-            SamplePlan {
-                factors: vec![],
-                newest: None,
-            },
+            SamplePlan::default(),
         ];
         let batch = plans.len();
-        let data: Vec<f32> = (0..batch * slots * dim)
-            .map(|i| value(1, i) * 0.1)
+        let data: Vec<E> = (0..batch * slots * dim)
+            .map(|i| stored(value(1, i) * 0.1))
             .collect();
         let z: Vec<f32> = (0..batch * dim).map(|i| value(2, i)).collect();
         let fz: Vec<f32> = (0..batch * dim).map(|i| 0.5 * value(3, i)).collect();
@@ -475,10 +498,14 @@ mod tests {
                     factor_product(steps, input, &mut whole, dim, &plan, &mut values);
                     for b in 0..batch {
                         let f64s = |s: &[f32]| s.iter().map(|&v| v as f64).collect::<Vec<_>>();
-                        let rows: Vec<Vec<f64>> =
-                            (0..slots).map(|j| f64s(steps.row(b, j, dim))).collect();
+                        let rows: Vec<Vec<f64>> = (0..slots)
+                            .map(|j| steps.row(b, j, dim).iter().map(|v| v.get() as f64))
+                            .map(|row| row.collect())
+                            .collect();
                         let xb = f64s(&x[b * dim..(b + 1) * dim]);
                         let (ew, ed) = reference(&rows, &xb, &plan.samples[b], negate);
+                        let unit = plan.samples[b].newest_scale;
+                        let scaled = [ed[0] * unit, ed[1] * unit * unit];
                         let fb = f64s(&fz[b * dim..(b + 1) * dim]);
                         let norm = |v: &[f64]| v.iter().map(|v| v * v).sum::<f64>();
                         let es = if with_residual {
@@ -500,9 +527,10 @@ mod tests {
                                 "{name} {kernel:?}, residual {with_residual}, sample {b}, negate {negate}"
                             )
                         };
-                        for (name, (dots, squares)) in
-                            [("kernel", found[b]), ("factor_product", whole_found)]
-                        {
+                        for (name, (dots, squares), ed) in [
+                            ("kernel", found[b], ed),
+                            ("factor_product", whole_found, scaled),
+                        ] {
                             for k in 0..2 {
                                 for (what, got, expected) in
                                     [("dot", dots[k], ed[k]), ("square", squares[k], es[k])]

@@ -54,13 +54,13 @@ impl Isa {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn sample_avx512(z: &[f32], fz: &[f32], g: &mut [f32]) -> [f64; 2] {
     sample::<true>(z, fz, g)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sample_avx2_fma(z: &[f32], fz: &[f32], g: &mut [f32]) -> [f64; 2] {
     sample::<true>(z, fz, g)
 }

@@ -1,11 +1,12 @@
 //! The per-sample limited-memory Broyden inverse in product form, stored as its steps.
 use burn::tensor::Tensor;
 
+use super::StepPrecision;
 use super::map::{row_index, row_runs};
 use super::tracker::where_rows;
 use crate::backward::op::{
-    FactorPlan, PlanFactor, SamplePlan, factor_product, gather_slot, push_step,
-    residual_factor_product, scatter_slot, zeros,
+    FactorPlan, PlanFactor, SamplePlan, factor_product, gather_slot, half_steps_run_here,
+    push_step, residual_factor_product, scatter_slot, zeros,
 };
 
 /// Per-sample inverse-Jacobian estimate `B ≈ J_g⁻¹` of limited-memory ("good") Broyden (see
@@ -27,9 +28,15 @@ use crate::backward::op::{
 /// restart or the first step starts a new chain). Overwriting the oldest step drops the oldest
 /// factor: the matrix becomes the product of the factors left, the limited-memory
 /// approximation of this form.
+///
+/// With [`StepPrecision::Half`] the ring is `f16` and each slot has a unit, a power of two:
+/// the step is the stored row times it (see `solver::step_kernel`). The units are folded into
+/// the factors' scales, so the products read the rows as they are.
 #[derive(Clone, Debug)]
 pub struct StepInverse {
     steps: Tensor<3>,
+    /// Per (sample, slot): the step is the stored row times this (1 unless the ring is `f16`).
+    unit: Vec<f32>,
     /// Per (sample, slot): the sample's push count when the slot was written (0: empty).
     stamp: Vec<u64>,
     /// Per (sample, slot): the step came from a written secant update of the step before it.
@@ -54,8 +61,8 @@ struct Evicted {
     slot: usize,
     /// Per sample: its saved step is still needed (cleared when it marks a new best).
     rows: Vec<bool>,
-    /// Per sample: the slot's stamp, secant flag and norm when saved.
-    meta: Vec<(u64, bool, f64)>,
+    /// Per sample: the slot's stamp, secant flag, norm and unit when saved.
+    meta: Vec<(u64, bool, f64, f32)>,
     /// The samples saved, in order: row `k` of `data` belongs to `saved[k]`.
     saved: Vec<usize>,
     /// `[saved.len(), dim]`: only the saved samples' rows.
@@ -71,7 +78,8 @@ impl Evicted {
             meta: (0..batch)
                 .map(|b| {
                     let k = b * slots + slot;
-                    (inverse.stamp[k], inverse.secant[k], inverse.norm[k])
+                    let unit = inverse.unit[k];
+                    (inverse.stamp[k], inverse.secant[k], inverse.norm[k], unit)
                 })
                 .collect(),
             data: gather_slot(&inverse.steps, slot, &saved)
@@ -117,10 +125,26 @@ impl StepInverse {
     /// `B = −I` for every sample, with room for `memory` factors (`memory + 1` steps); dtype
     /// and device follow `like` (`[batch, dim]`).
     pub fn identity(like: &Tensor<2>, memory: usize) -> Self {
+        Self::identity_with(like, memory, StepPrecision::Full)
+    }
+
+    /// [`identity`](Self::identity) with the steps stored at `precision` (`Half` only where
+    /// the host kernels run: see [`StepPrecision::Half`]).
+    pub fn identity_with(like: &Tensor<2>, memory: usize, precision: StepPrecision) -> Self {
         let [batch, dim] = like.dims();
-        let slots = memory + 1;
+        let dtype = match precision {
+            StepPrecision::Half if half_steps_run_here(like) => burn::tensor::DType::F16,
+            _ => like.dtype(),
+        };
+        Self::empty([batch, memory + 1, dim], &like.device(), dtype)
+    }
+
+    /// `B = −I` over an empty ring of the given shape (`[batch, slots, dim]`) and dtype.
+    fn empty(shape: [usize; 3], device: &burn::tensor::Device, dtype: burn::tensor::DType) -> Self {
+        let [batch, slots, _] = shape;
         Self {
-            steps: zeros([batch, slots, dim], &like.device(), like.dtype()),
+            steps: zeros(shape, device, dtype),
+            unit: vec![1.0; batch * slots],
             stamp: vec![0; batch * slots],
             secant: vec![false; batch * slots],
             norm: vec![f64::NAN; batch * slots],
@@ -134,15 +158,21 @@ impl StepInverse {
     /// `B = Aᵀ` for every sample, with room for `memory` factors on top: the start of a solve
     /// of the transposed problem (SHINE's refine starts the adjoint solve from the forward
     /// matrices, transposed).
+    /// The new steps are stored like `inverse`'s.
     pub fn over_transposed(inverse: StepInverse, memory: usize) -> Self {
         let [batch, _, dim] = inverse.steps.dims();
-        let like = Tensor::<2>::empty(
-            [batch, dim],
-            (&inverse.steps.device(), inverse.steps.dtype()),
-        );
+        let (device, dtype) = (inverse.steps.device(), inverse.steps.dtype());
         Self {
             base: Some(Box::new(inverse)),
-            ..Self::identity(&like, memory)
+            ..Self::empty([batch, memory + 1, dim], &device, dtype)
+        }
+    }
+
+    /// How the steps are stored: [`StepPrecision::Half`] when the ring is `f16`.
+    pub fn precision(&self) -> StepPrecision {
+        match self.steps.dtype() {
+            burn::tensor::DType::F16 => StepPrecision::Half,
+            _ => StepPrecision::Full,
         }
     }
 
@@ -185,10 +215,11 @@ impl StepInverse {
         for p in order.windows(2) {
             let (older, newer) = (at(p[0]), at(p[1]));
             if self.stamp[newer] == self.stamp[older] + 1 && self.secant[newer] {
+                let units = self.unit[older] as f64 * self.unit[newer] as f64;
                 factors.push(PlanFactor {
                     dot: p[0],
                     axpy: p[1],
-                    scale: 1.0 / self.norm[older],
+                    scale: units / self.norm[older],
                 });
             }
         }
@@ -217,9 +248,11 @@ impl StepInverse {
                         std::mem::swap(&mut f.dot, &mut f.axpy);
                     }
                 }
+                let newest = if newest { self.newest(b) } else { None };
                 SamplePlan {
                     factors,
-                    newest: if newest { self.newest(b) } else { None },
+                    newest,
+                    newest_scale: newest.map_or(1.0, |j| self.unit[b * self.slots() + j] as f64),
                 }
             })
             .collect();
@@ -298,10 +331,18 @@ impl StepInverse {
         secant: &[bool],
         now_best: &[bool],
     ) {
+        if self.precision() == StepPrecision::Half {
+            // The scaled `f16` rows are written by the step's own loop (its iterates dropped).
+            let scale = vec![1.0; rows.len()];
+            let zero = Tensor::zeros(b.dims(), (&b.device(), b.dtype()));
+            self.push_step(b, &scale, &zero, rows, secant, now_best);
+            return;
+        }
         let next = self.prepare_push(rows, secant, now_best);
         let steps = self.take_steps();
         self.steps = write_slots(steps, &next, &b);
-        self.finish_push(&next, secant, now_best);
+        let units = vec![1.0; next.len()];
+        self.finish_push(&next, &units, secant, now_best);
     }
 
     /// One Broyden step with its push: [`push_as_best`](Self::push_as_best) of the steps
@@ -321,9 +362,9 @@ impl StepInverse {
     ) -> Tensor<2> {
         let next = self.prepare_push(rows, secant, now_best);
         let steps = self.take_steps();
-        let (steps, z_next) = push_step(steps, w, z, scale, &next);
+        let (steps, z_next, units) = push_step(steps, w, z, scale, &next);
         self.steps = steps;
-        self.finish_push(&next, secant, now_best);
+        self.finish_push(&next, &units, secant, now_best);
         z_next
     }
 
@@ -354,15 +395,23 @@ impl StepInverse {
         next
     }
 
-    /// After a push into the slots `next`: the samples' push counts and the slots' stamps,
-    /// secant flags and (unknown) norms, then [`mark_best`](Self::mark_best).
-    fn finish_push(&mut self, next: &[Option<usize>], secant: &[bool], now_best: &[bool]) {
+    /// After a push into the slots `next` (the rows written with `units`): the samples' push
+    /// counts and the slots' stamps, units, secant flags and (unknown) norms, then
+    /// [`mark_best`](Self::mark_best).
+    fn finish_push(
+        &mut self,
+        next: &[Option<usize>],
+        units: &[f32],
+        secant: &[bool],
+        now_best: &[bool],
+    ) {
         let slots = self.slots();
         for (s, slot) in next.iter().enumerate() {
             if let Some(j) = *slot {
                 self.pushes[s] += 1;
                 let k = s * slots + j;
                 self.stamp[k] = self.pushes[s];
+                self.unit[k] = units[s];
                 self.secant[k] = secant[s];
                 self.norm[k] = f64::NAN;
             }
@@ -452,7 +501,7 @@ impl StepInverse {
             }
             for s in (0..batch).filter(|&s| e.rows[s]) {
                 let k = s * slots + e.slot;
-                (self.stamp[k], self.secant[k], self.norm[k]) = e.meta[s];
+                (self.stamp[k], self.secant[k], self.norm[k], self.unit[k]) = e.meta[s];
             }
         }
         self
@@ -507,16 +556,24 @@ impl StepInverse {
             .into_data()
             .iter::<f64>()
             .collect();
-        let row = |j: usize| &rows[j * dim..(j + 1) * dim];
+        let slots = self.slots();
+        let unit = |j: usize| self.unit[sample * slots + j] as f64;
+        let row = |j: usize| {
+            rows[j * dim..(j + 1) * dim]
+                .iter()
+                .map(move |v| v * unit(j))
+        };
+        let row = |j: usize| row(j).collect::<Vec<f64>>();
         for f in self.chain(sample) {
-            // (I + κ a dᵀ) M = M + κ a (dᵀ M).
+            // (I + κ a dᵀ) M = M + κ a (dᵀ M), κ with the rows' units folded in.
             let (a, d) = (row(f.axpy), row(f.dot));
+            let scale = f.scale / (unit(f.axpy) * unit(f.dot));
             let t: Vec<f64> = (0..dim)
                 .map(|c| (0..dim).map(|r| d[r] * m[r * dim + c]).sum())
                 .collect();
             for r in 0..dim {
                 for c in 0..dim {
-                    m[r * dim + c] += f.scale * a[r] * t[c];
+                    m[r * dim + c] += scale * a[r] * t[c];
                 }
             }
         }
@@ -676,7 +733,14 @@ mod tests {
     #[test]
     fn the_product_form_is_the_broyden_update() {
         let (batch, n, updates) = (2, 6, 5);
-        for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+        let cases = [
+            (DType::F32, StepPrecision::Full, 1e-4),
+            (DType::F64, StepPrecision::Full, 1e-10),
+            // The steps rounded to 11 significant bits: the matrix and its products within 0.2 %
+            // after 5 updates; the iterates still exact.
+            (DType::F32, StepPrecision::Half, 2e-3),
+        ];
+        for (dtype, precision, tol) in cases {
             let tensor = |rows: &[Vec<f64>]| {
                 Tensor::<2>::from_data(
                     TensorData::new(rows.concat(), [batch, n]),
@@ -690,7 +754,9 @@ mod tests {
                     m
                 })
                 .collect();
-            let mut inverse = StepInverse::identity(&tensor(&vec![vec![0.0; n]; batch]), updates);
+            let like = tensor(&vec![vec![0.0; n]; batch]);
+            let mut inverse = StepInverse::identity_with(&like, updates, precision);
+            assert_eq!(inverse.precision(), precision);
             let mut g: Vec<Vec<f64>> = (0..batch).map(|b| vector(b, n)).collect();
             let mut bg: Vec<Vec<f64>> = (0..batch).map(|b| matvec(&dense[b], &g[b])).collect();
             let all = vec![true; batch];
@@ -711,7 +777,7 @@ mod tests {
                         for (got, expected) in squares[2 * b..2 * b + 2].iter().zip(expected) {
                             assert!(
                                 (got - expected).abs() < tol * (1.0 + expected),
-                                "{dtype:?} update {k}: squares {got} against {expected}"
+                                "{dtype:?} {precision:?} update {k}: squares {got} against {expected}"
                             );
                         }
                     }
@@ -726,7 +792,10 @@ mod tests {
                 for b in 0..batch {
                     let expected = matvec(&dense[b], &g_new[b]);
                     let found = &w[b * n..(b + 1) * n];
-                    assert!(rel_err(found, &expected) < tol, "{dtype:?} update {k}: B g");
+                    assert!(
+                        rel_err(found, &expected) < tol,
+                        "{dtype:?} {precision:?} update {k}: B g"
+                    );
                     let (y_w, y_y) = (dot(&bg[b], &expected), dot(&bg[b], &bg[b]));
                     assert!((dots[2 * b] - y_w).abs() < tol * (1.0 + y_w.abs()));
                     assert!((dots[2 * b + 1] - y_y).abs() < tol * (1.0 + y_y));
@@ -766,7 +835,7 @@ mod tests {
                         z[b].iter().zip(&next[b]).map(|(z, s)| z - s).collect();
                     assert!(
                         rel_err(&stepped[b * n..(b + 1) * n], &expected) < tol,
-                        "{dtype:?} update {k}: next iterate"
+                        "{dtype:?} {precision:?} update {k}: next iterate"
                     );
                 }
                 g = g_new;
@@ -774,11 +843,11 @@ mod tests {
                 for b in 0..batch {
                     assert!(
                         rel_err(&next[b], &bg[b]) < tol,
-                        "{dtype:?} update {k}: next step"
+                        "{dtype:?} {precision:?} update {k}: next step"
                     );
                     assert!(
                         rel_err(&inverse.dense(b), &dense[b]) < tol,
-                        "{dtype:?} update {k}: B"
+                        "{dtype:?} {precision:?} update {k}: B"
                     );
                     assert_eq!(inverse.rank(b), k);
                 }
@@ -792,13 +861,14 @@ mod tests {
                     .collect();
                 assert!(
                     rel_err(&bt[b * n..(b + 1) * n], &expected) < tol,
-                    "{dtype:?}: Bᵀ x"
+                    "{dtype:?} {precision:?}: Bᵀ x"
                 );
             }
         }
     }
 
-    /// Pushes `k` steps of sample-specific vectors (secant flags per step), setting each
+    /// Pushes `k` steps of sample-specific vectors (secant flags per step; their sizes differ
+    /// by factors of 3, so that half-precision steps get different units), setting each
     /// previous step's norm first as the solver does. Returns the steps pushed per sample.
     fn push_steps(
         inverse: &mut StepInverse,
@@ -809,11 +879,15 @@ mod tests {
     ) -> Vec<Vec<Vec<f64>>> {
         let batch = rows.len();
         let mut pushed = vec![Vec::new(); batch];
+        let step = |b: usize, k: usize| -> Vec<f64> {
+            let size = 3f64.powi((k % 4) as i32);
+            vector(100 * b + k, n).iter().map(|v| v * size).collect()
+        };
         for k in seeds {
-            let steps: Vec<Vec<f64>> = (0..batch).map(|b| vector(100 * b + k, n)).collect();
+            let steps: Vec<Vec<f64>> = (0..batch).map(|b| step(b, k)).collect();
             let norms: Vec<f64> = (0..batch)
                 .map(|b| {
-                    let prev = vector(100 * b + k.max(1) - 1, n);
+                    let prev = step(b, k.max(1) - 1);
                     dot(&prev, &prev)
                 })
                 .collect();
@@ -901,10 +975,18 @@ mod tests {
     #[test]
     fn saved_steps_go_back_to_their_own_sample_and_are_dropped_when_not_needed() {
         // Plain, the steps are saved and put back by host row copies; under autodiff, by the
-        // tensor operations (the route of other backends).
-        for autodiff in [false, true] {
+        // tensor operations (the route of other backends). Half-precision steps are saved and
+        // put back with their units.
+        let cases = [
+            (false, StepPrecision::Full),
+            (true, StepPrecision::Full),
+            (false, StepPrecision::Half),
+        ];
+        for (autodiff, precision) in cases {
             let (batch, n, memory) = (2, 3, 2);
-            let mut inverse = StepInverse::identity(&t(vec![0.0; batch * n], [batch, n]), memory);
+            let like = t(vec![0.0; batch * n], [batch, n]);
+            let mut inverse = StepInverse::identity_with(&like, memory, precision);
+            assert_eq!(inverse.precision(), precision);
             if autodiff {
                 inverse.steps = inverse.steps.clone().autodiff();
             }
@@ -923,7 +1005,10 @@ mod tests {
             let best = inverse.clone().into_best();
             for (b, expected) in at_best.iter().enumerate() {
                 let err = rel_err(&best.dense(b), expected);
-                assert!(err < 1e-6, "autodiff {autodiff}, sample {b}: {err}");
+                assert!(
+                    err < 1e-6,
+                    "autodiff {autodiff} {precision:?}, sample {b}: {err}"
+                );
             }
             // A new best for sample 0 only: its saved rows go, sample 1's stay.
             inverse.mark_best(&[true, false]);
@@ -937,7 +1022,7 @@ mod tests {
         }
     }
 
-    /// The host row copies of a ring column, on flex for f32 and f64: `gather_slot` takes the
+    /// The host row copies of a ring column, on flex for f32, f64 and f16: `gather_slot` takes the
     /// named samples' rows in the order named, `scatter_slot` writes each data row to its own
     /// sample and nothing else (a shared ring is copied, not changed); under autodiff both
     /// decline.
@@ -945,7 +1030,7 @@ mod tests {
     fn slot_rows_are_copied_out_and_back_by_sample() {
         let (batch, slots, dim) = (4, 3, 5);
         let device = crate::device::cpu();
-        for dtype in [DType::F32, DType::F64] {
+        for dtype in [DType::F32, DType::F64, DType::F16] {
             let values: Vec<f64> = (0..batch * slots * dim).map(|k| k as f64).collect();
             let ring = Tensor::<3>::from_data(
                 TensorData::new(values.clone(), [batch, slots, dim]),
