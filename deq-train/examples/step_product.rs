@@ -1,13 +1,14 @@
 //! The product of a Broyden iteration, `B g⁺` with its two dot products, against the memory it
 //! must read.
 //!
-//! `MIMALLOC_PURGE_DELAY=-1 cargo run --release -p deq-train --example step_product -- [batch] [dim] [factors] [cold]`
+//! `MIMALLOC_PURGE_DELAY=-1 cargo run --release -p deq-train --example step_product -- [batch] [dim] [factors] [cold] [half]`
 //!
 //! The allocator is the CLI's (mimalloc, with purging off as `deq-train` sets it). The inverse
 //! holds `factors` factors per sample (`factors + 1` steps, the ring full), as in a long solve.
 //! Times, per call (median of 30, three rounds), with the steps in the cache from the call
 //! before, or with `cold` = 1 after 64 MiB of other memory has been written (as in a solve,
-//! where f runs between two iterations):
+//! where f runs between two iterations), and with `half` = 1 the steps stored in `f16`
+//! (`StepPrecision::Half`; the floor still reads `f32`):
 //! - `apply_with_dots`: what the solver runs (on flex: the fused per-sample loop of
 //!   `deq_core::backward::op::factor_product`, compiled for AVX-512 / AVX2 and run on Rayon's
 //!   pool);
@@ -22,7 +23,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use burn::tensor::{Distribution, Tensor};
-use deq_core::StepInverse;
+use deq_core::{StepInverse, StepPrecision};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -59,6 +60,10 @@ fn main() {
         .collect();
     let get = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
     let (batch, dim, factors, cold) = (get(0, 32), get(1, 2352), get(2, 12), get(3, 0) == 1);
+    let precision = match get(4, 0) {
+        1 => StepPrecision::Half,
+        _ => StepPrecision::Full,
+    };
     let mut other = vec![0u8; if cold { 64 << 20 } else { 0 }];
     let mut evict = || {
         for line in other.chunks_mut(64) {
@@ -66,7 +71,8 @@ fn main() {
         }
     };
     let device = deq_core::device::cpu();
-    let mut inverse = StepInverse::identity(&Tensor::<2>::zeros([batch, dim], &device), factors);
+    let like = Tensor::<2>::zeros([batch, dim], &device);
+    let mut inverse = StepInverse::identity_with(&like, factors, precision);
     let all = vec![true; batch];
     let mut copy = Vec::new();
     for k in 0..=factors + 1 {
@@ -82,10 +88,15 @@ fn main() {
     let z = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
     let fz = Tensor::<2>::random([batch, dim], Distribution::Normal(0.0, 1.0), &device);
     let scale = vec![0.5; batch];
-    let mb = ((factors + 1) * batch * dim * 4) as f64 / 1e6;
+    let bytes = match inverse.precision() {
+        StepPrecision::Half => 2,
+        StepPrecision::Full => 4,
+    };
+    let mb = ((factors + 1) * batch * dim * bytes) as f64 / 1e6;
     let cache = if cold { "cold" } else { "warm" };
     println!(
-        "batch {batch}, dim {dim}, {factors} factors ({mb:.1} MB of steps), {cache} cache; ms per call:"
+        "batch {batch}, dim {dim}, {factors} factors ({mb:.1} MB of {} steps), {cache} cache; ms per call:",
+        precision.name()
     );
     let mut sink = 0f32;
     for round in 0..3 {

@@ -11,7 +11,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use deq_core::{
-    BackwardMode, DeqConfig, DeqFunction, SolveStatus, SolverConfig, SolverKind, StopMode,
+    BackwardMode, DeqConfig, DeqFunction, SolveStatus, SolverConfig, SolverKind, StepPrecision,
+    StopMode,
 };
 use deq_models::{MdeqConfig, MdeqMode};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub struct BenchConfig {
     pub tol: f64,
     /// Forward Broyden memory.
     pub memory: usize,
+    /// How Broyden stores its steps.
+    pub steps: StepPrecision,
     /// Backward modes, as given (`implicit`, `shine:refine=2`, …).
     pub modes: Vec<String>,
     /// Measured batches per mode.
@@ -155,6 +158,10 @@ pub struct Overhead {
     pub bookkeeping_fraction_in_solve: f64,
     /// Evaluations of f per timed solve.
     pub evaluations: usize,
+    /// How the timed solves stored their steps (`half` only where the host kernels run: see
+    /// [`StepPrecision::Half`]).
+    #[serde(default)]
+    pub steps: StepPrecision,
 }
 
 /// Everything a benchmark run measured.
@@ -179,6 +186,9 @@ pub struct BenchReport {
     /// Forward Broyden memory.
     #[serde(default)]
     pub memory: usize,
+    /// How Broyden stored its steps (`full` in reports from before the option).
+    #[serde(default)]
+    pub steps: StepPrecision,
     /// Forward tolerance.
     pub tol: f64,
     /// Measured batches per mode.
@@ -248,7 +258,7 @@ fn bench_model(
 /// A Broyden solve that runs exactly `config.forward_iters` iterations (an absolute tolerance
 /// of the smallest positive float cannot be met).
 fn forced_solver(config: &BenchConfig) -> SolverConfig {
-    SolverConfig::new(SolverKind::broyden(config.memory))
+    SolverConfig::new(SolverKind::broyden_with(config.memory, config.steps))
         .with_max_iter(config.forward_iters)
         .with_tol(f64::MIN_POSITIVE)
         .with_stop(StopMode::Absolute)
@@ -271,7 +281,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchReport, BenchErr
         .collect::<Result<_, _>>()?;
     let (model, shape, device) = bench_model(config, device)?;
     let parameters = deq_models::trainable_params(&model);
-    let solver = SolverConfig::new(SolverKind::broyden(config.memory))
+    let solver = SolverConfig::new(SolverKind::broyden_with(config.memory, config.steps))
         .with_max_iter(config.forward_iters)
         .with_tol(config.tol);
     let layers: Vec<_> = modes
@@ -387,6 +397,7 @@ pub fn run(config: &BenchConfig, device: Device) -> Result<BenchReport, BenchErr
         parameters,
         forward_iters: config.forward_iters,
         memory: config.memory,
+        steps: config.steps,
         tol: config.tol,
         reps: config.reps,
         threads: std::env::var("RAYON_NUM_THREADS")
@@ -423,6 +434,7 @@ fn overhead(
     let (mut per_iteration, mut per_f, mut counted) = (Vec::new(), Vec::new(), 0);
     let mut per_bookkeeping = Vec::new();
     let (mut per_f_in_solve, mut per_fraction_in_solve) = (Vec::new(), Vec::new());
+    let mut steps = StepPrecision::Full;
     for run in 0..config.reps.clamp(3, 10) + 1 {
         let z0 = Tensor::<2>::zeros([config.batch, dim], &device);
         sync(&device)?;
@@ -442,6 +454,9 @@ fn overhead(
         };
         let result = solver.solve(&mut map, z0.clone(), iters)?;
         let _ = result.z.into_data();
+        if let Some(inverse) = &result.inverse {
+            steps = inverse.precision();
+        }
         let solve_s = started.elapsed().as_secs_f64();
         if let Some(e) = sync_failed {
             return Err(e);
@@ -475,6 +490,7 @@ fn overhead(
         f_in_solve_ms: Spread::of(per_f_in_solve).median,
         bookkeeping_fraction_in_solve: Spread::of(per_fraction_in_solve).median,
         evaluations: counted,
+        steps,
     })
 }
 

@@ -5,7 +5,7 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use deq_core::{BackwardMode, DeqConfig, SolveStatus, SolverConfig, SolverKind};
+use deq_core::{BackwardMode, DeqConfig, SolveStatus, SolverConfig, SolverKind, StepPrecision};
 use deq_models::{Mdeq, MdeqMode, gradient_values};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,9 @@ pub struct QualityConfig {
     /// that no factor is ever dropped. The matrix SHINE reuses holds at most this many.
     #[serde(default)]
     pub memory: Option<usize>,
+    /// How Broyden stores its steps in every mode.
+    #[serde(default)]
+    pub steps: StepPrecision,
     /// Forward relative-residual tolerance.
     pub tol: f64,
     /// The reference backward mode (an implicit mode with a long adjoint solve).
@@ -43,6 +46,7 @@ impl Default for QualityConfig {
             batch_size: 32,
             forward_iters: 40,
             memory: None,
+            steps: StepPrecision::Full,
             tol: 1e-5,
             reference: "implicit:max_iter=100,tol=1e-8".into(),
             modes: [
@@ -134,8 +138,9 @@ pub fn gradient_quality(
         .collect::<Result<Vec<_>, _>>()?;
     let layer = |mode: BackwardMode| {
         DeqConfig::new(
-            SolverConfig::new(SolverKind::broyden(
+            SolverConfig::new(SolverKind::broyden_with(
                 config.memory.unwrap_or(config.forward_iters),
+                config.steps,
             ))
             .with_max_iter(config.forward_iters)
             .with_tol(config.tol),

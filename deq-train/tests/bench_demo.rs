@@ -2,6 +2,7 @@
 //! the measurements can tell the modes apart.
 use std::process::Command;
 
+use deq_core::StepPrecision;
 use deq_train::backend;
 use deq_train::bench::{self, BenchConfig};
 use deq_train::crosscheck;
@@ -16,6 +17,7 @@ fn bench_times_every_mode_and_the_solver_overhead() {
         forward_iters: 6,
         tol: 1e-3,
         memory: 10,
+        steps: StepPrecision::Full,
         modes: vec!["implicit".into(), "shine".into(), "jfb:refine=2".into()],
         reps: 2,
         warmup: 0,
@@ -52,6 +54,20 @@ fn bench_times_every_mode_and_the_solver_overhead() {
         (0.2..5.0).contains(&(overhead.bookkeeping_fraction_in_solve / implied)),
         "{overhead:?}"
     );
+
+    assert_eq!(overhead.steps, StepPrecision::Full);
+    // Half-precision steps run in the bench's solves (not silently in full precision).
+    let half = BenchConfig {
+        steps: StepPrecision::Half,
+        modes: vec!["shine".into()],
+        reps: 1,
+        ..config.clone()
+    };
+    let report = bench::run(&half, backend::cpu()).unwrap();
+    assert_eq!(report.steps, StepPrecision::Half);
+    let overhead = report.solver_overhead.unwrap();
+    assert_eq!(overhead.steps, StepPrecision::Half);
+    assert!(overhead.bookkeeping_ms > 0.0 && report.modes[0].backward_ms.median > 0.0);
 
     let bad = BenchConfig {
         modes: vec!["sideways".into()],
@@ -203,6 +219,7 @@ fn gradient_quality_compares_modes_on_the_same_batches() {
         batch_size: 8,
         forward_iters: 12,
         memory: None,
+        steps: StepPrecision::Full,
         tol: 1e-4,
         reference: "implicit:max_iter=40,tol=1e-8".into(),
         modes: vec![

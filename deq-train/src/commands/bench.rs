@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// Forward Broyden memory (the training default).
     #[arg(long, default_value_t = DEFAULT_SOLVER_MEMORY)]
     pub memory: usize,
+    /// How Broyden stores its steps: `full`, or `half` (`f16`, half the bytes).
+    #[arg(long, default_value = "full")]
+    pub steps: deq_core::StepPrecision,
     /// A backward mode to time (repeat the option; default: implicit, implicit:max_iter=k,
     /// shine, shine:refine=k, jfb, jfb:refine=k for k = 1, 2, 5).
     #[arg(long = "mode")]
@@ -72,6 +75,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         forward_iters: args.forward_iters,
         tol: args.tol,
         memory: args.memory,
+        steps: args.steps,
         modes: if args.modes.is_empty() {
             BenchConfig::default_modes()
         } else {
@@ -105,13 +109,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 
 fn print_table(report: &BenchReport) {
     println!(
-        "MDEQ {} ({} parameters), batch {}, input {:?}, forward Broyden ≤ {} iterations (memory {}) to {:e}; {} batches per mode; {}",
+        "MDEQ {} ({} parameters), batch {}, input {:?}, forward Broyden ≤ {} iterations (memory {}, {} steps) to {:e}; {} batches per mode; {}",
         report.model,
         report.parameters,
         report.batch,
         report.input_shape,
         report.forward_iters,
         report.memory,
+        report.steps.name(),
         report.tol,
         report.reps,
         report.device
@@ -144,9 +149,10 @@ fn print_table(report: &BenchReport) {
     }
     if let Some(o) = &report.solver_overhead {
         println!(
-            "solver overhead: one f evaluation {:.3} ms, one Broyden iteration {:.3} ms → bookkeeping {:.1} % of f \
+            "solver overhead ({} steps): one f evaluation {:.3} ms, one Broyden iteration {:.3} ms → bookkeeping {:.1} % of f \
              (measured inside the solves: {:.3} ms per iteration outside f, {:.1} % of f; \
              f inside the solves {:.3} ms, bookkeeping {:.1} % of that)",
+            o.steps.name(),
             o.f_eval_ms,
             o.broyden_iteration_ms,
             100.0 * o.overhead_fraction,
@@ -182,6 +188,7 @@ fn memory(args: &BenchArgs) -> anyhow::Result<()> {
                 .args(["--peak-memory-probe", mode])
                 .args(["--forward-iters", &budget.to_string()])
                 .args(["--memory", &args.memory.to_string()])
+                .args(["--steps", args.steps.name()])
                 .args(["--seed", &args.seed.to_string()])
                 .output()
                 .context("cannot run the memory probe")?;

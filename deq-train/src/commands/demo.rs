@@ -98,10 +98,13 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let items = (0..show).filter_map(|i| dataset.get(i).ok()).collect();
     let batch = batcher.batch(items, &device);
     let deq = DeqConfig::new(
-        SolverConfig::new(SolverKind::broyden(config.solver_memory))
-            .with_max_iter(40)
-            .with_tol(1e-5)
-            .with_stop(StopMode::Relative),
+        SolverConfig::new(SolverKind::broyden_with(
+            config.solver_memory,
+            config.solver_steps,
+        ))
+        .with_max_iter(40)
+        .with_tol(1e-5)
+        .with_stop(StopMode::Relative),
     )
     .with_backward(config.backward_mode()?)
     .init()?;

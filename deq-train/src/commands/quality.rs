@@ -26,6 +26,9 @@ pub struct QualityArgs {
     /// that none is dropped). SHINE reuses a matrix of at most this many factors.
     #[arg(long)]
     pub memory: Option<usize>,
+    /// How Broyden stores its steps in every mode: `full`, or `half` (`f16`).
+    #[arg(long, default_value = "full")]
+    pub steps: deq_core::StepPrecision,
     /// Forward relative-residual tolerance.
     #[arg(long, default_value_t = 1e-5)]
     pub tol: f64,
@@ -62,6 +65,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         forward_iters: args.forward_iters,
         memory: args.memory,
+        steps: args.steps,
         tol: args.tol,
         reference: args.reference.clone(),
         modes: if args.modes.is_empty() {

@@ -55,6 +55,9 @@ pub struct TrainArgs {
     /// Memory of the Broyden / Anderson solver.
     #[arg(long)]
     pub solver_memory: Option<usize>,
+    /// How Broyden stores its steps: `full` or `half` (`f16`, half the bytes).
+    #[arg(long)]
+    pub solver_steps: Option<deq_core::StepPrecision>,
     /// Forward iteration budget in training.
     #[arg(long)]
     pub forward_iters: Option<usize>,
@@ -129,6 +132,7 @@ impl TrainArgs {
             backward,
             solver,
             solver_memory,
+            solver_steps,
             forward_iters,
             eval_iters,
             tol,

@@ -1,7 +1,7 @@
 //! The settings of a training run (TOML file, command-line overrides, written to the run folder).
 use std::path::{Path, PathBuf};
 
-use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind};
+use deq_core::{BackwardMode, DeqConfig, SolverConfig, SolverKind, StepPrecision};
 use deq_models::MdeqConfig;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,9 @@ pub struct TrainConfig {
     pub solver: String,
     /// Memory of the Broyden / Anderson solver (default [`DEFAULT_SOLVER_MEMORY`]).
     pub solver_memory: usize,
+    /// How Broyden stores its steps: `full` (default) or `half` (`f16`, half the bytes; see
+    /// [`StepPrecision`]).
+    pub solver_steps: StepPrecision,
     /// Forward iteration budget during training.
     pub forward_iters: usize,
     /// Forward iteration budget in evaluation.
@@ -112,6 +115,7 @@ impl Default for TrainConfig {
             backward: "shine".into(),
             solver: "broyden".into(),
             solver_memory: DEFAULT_SOLVER_MEMORY,
+            solver_steps: StepPrecision::Full,
             forward_iters: 18,
             eval_iters: 30,
             tol: 1e-3,
@@ -218,7 +222,10 @@ impl TrainConfig {
     /// The forward solver.
     pub fn solver_kind(&self) -> Result<SolverKind, TrainError> {
         match self.solver.as_str() {
-            "broyden" => Ok(SolverKind::broyden(self.solver_memory)),
+            "broyden" => Ok(SolverKind::broyden_with(
+                self.solver_memory,
+                self.solver_steps,
+            )),
             "anderson" => Ok(SolverKind::anderson(self.solver_memory)),
             "fixed-point" | "fixed_point" => Ok(SolverKind::fixed_point()),
             other => Err(TrainError::config(
