@@ -92,20 +92,7 @@ fn half_steps_keep_the_secant_identity_to_their_rounding() {
         for s in 0..batch {
             let k = result.stats.samples[s].best_iteration;
             assert!(k >= 1);
-            let rows = |t: &Vec<f64>| t[s * dim..(s + 1) * dim].to_vec();
-            let g = |i: usize| -> Vec<f64> {
-                let (z, fz) = (rows(&seen[i].0), rows(&seen[i].1));
-                fz.iter().zip(z).map(|(f, z)| f - z).collect()
-            };
-            let dz: Vec<f64> = (rows(&seen[k].0).iter().zip(rows(&seen[k - 1].0)))
-                .map(|(a, b)| a - b)
-                .collect();
-            let dg: Vec<f64> = g(k).iter().zip(g(k - 1)).map(|(a, b)| a - b).collect();
-            let dense = inverse.dense(s);
-            let b_dg: Vec<f64> = (0..dim)
-                .map(|r| (0..dim).map(|c| dense[r * dim + c] * dg[c]).sum())
-                .collect();
-            let err = rel_err(&b_dg, &dz);
+            let err = secant_error(&seen, s, dim, k, &inverse.dense(s));
             println!("{steps:?} sample {s}: secant error {err:e}");
             assert!(err <= tol, "{steps:?} sample {s}: secant error {err:e}");
         }

@@ -44,25 +44,7 @@ fn broyden_keeps_the_secant_identity() {
         for s in 0..batch {
             let k = result.stats.samples[s].best_iteration;
             assert!(k >= 1, "the residual must have decreased at least once");
-            let rows = |t: &Vec<f64>| t[s * dim..(s + 1) * dim].to_vec();
-            let g = |i: usize| -> Vec<f64> {
-                rows(&seen[i].1)
-                    .iter()
-                    .zip(rows(&seen[i].0))
-                    .map(|(f, z)| f - z)
-                    .collect()
-            };
-            let dz: Vec<f64> = rows(&seen[k].0)
-                .iter()
-                .zip(rows(&seen[k - 1].0))
-                .map(|(a, b)| a - b)
-                .collect();
-            let dg: Vec<f64> = g(k).iter().zip(g(k - 1)).map(|(a, b)| a - b).collect();
-            let dense = inverse.dense(s);
-            let b_dg: Vec<f64> = (0..dim)
-                .map(|r| (0..dim).map(|c| dense[r * dim + c] * dg[c]).sum())
-                .collect();
-            let err = rel_err(&b_dg, &dz);
+            let err = secant_error(&seen, s, dim, k, &inverse.dense(s));
             assert!(
                 err <= 1e-6,
                 "max_iter {max_iter}, sample {s}, step {k}: secant error {err:e}"

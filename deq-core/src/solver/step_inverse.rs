@@ -157,8 +157,7 @@ impl StepInverse {
 
     /// `B = Aᵀ` for every sample, with room for `memory` factors on top: the start of a solve
     /// of the transposed problem (SHINE's refine starts the adjoint solve from the forward
-    /// matrices, transposed).
-    /// The new steps are stored like `inverse`'s.
+    /// matrices, transposed). The new steps are stored like `inverse`'s.
     pub fn over_transposed(inverse: StepInverse, memory: usize) -> Self {
         let [batch, _, dim] = inverse.steps.dims();
         let (device, dtype) = (inverse.steps.device(), inverse.steps.dtype());

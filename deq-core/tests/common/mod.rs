@@ -52,6 +52,31 @@ pub fn rel_err(a: &[f64], exact: &[f64]) -> f64 {
     norm(&diff) / norm(exact)
 }
 
+/// The secant identity's error `‖B Δg − Δz‖ / ‖Δz‖` of sample `s` for the step into the iterate
+/// of evaluation `k`: `seen[i]` holds the iterates `z` and images `F(z)` of evaluation `i` (host
+/// copies, row-major `[batch, dim]`), `dense` the sample's inverse (row-major `dim × dim`).
+pub fn secant_error(
+    seen: &[(Vec<f64>, Vec<f64>)],
+    s: usize,
+    dim: usize,
+    k: usize,
+    dense: &[f64],
+) -> f64 {
+    let rows = |t: &Vec<f64>| t[s * dim..(s + 1) * dim].to_vec();
+    let g = |i: usize| -> Vec<f64> {
+        let (z, fz) = (rows(&seen[i].0), rows(&seen[i].1));
+        fz.iter().zip(z).map(|(f, z)| f - z).collect()
+    };
+    let dz: Vec<f64> = (rows(&seen[k].0).iter().zip(rows(&seen[k - 1].0)))
+        .map(|(a, b)| a - b)
+        .collect();
+    let dg: Vec<f64> = g(k).iter().zip(g(k - 1)).map(|(a, b)| a - b).collect();
+    let b_dg: Vec<f64> = (0..dim)
+        .map(|r| (0..dim).map(|c| dense[r * dim + c] * dg[c]).sum())
+        .collect();
+    rel_err(&b_dg, &dz)
+}
+
 pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (norm(a) * norm(b))
 }
