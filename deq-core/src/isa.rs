@@ -76,7 +76,8 @@ pub(crate) fn test_value(seed: usize, i: usize) -> f32 {
 /// output (`rows`; `row`: sample `b`'s `dim` entries) and `width` more values per sample
 /// (`values`, `[batch, width]`; sample `b`'s `width` of them). The samples run on Rayon's pool
 /// (the one Burn's CPU backend uses): in parallel, or at one thread as one job on the pool's
-/// thread, where Burn's own operations run.
+/// thread, where Burn's own operations run (the calling thread itself once it is in the pool:
+/// [`crate::join_cpu_pool`]).
 pub(crate) fn for_each_sample<V: Send>(
     rows: &mut [f32],
     dim: usize,

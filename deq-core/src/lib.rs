@@ -44,6 +44,8 @@
 
 pub mod backward;
 pub mod bilevel;
+#[cfg(feature = "flex")]
+mod cpu_pool;
 pub mod dense;
 mod deq;
 pub mod device;
@@ -58,6 +60,8 @@ pub mod toy;
 
 pub use backward::op::{batch_norm_train, conv2d_same, group_norm};
 pub use backward::{BackwardMode, BackwardReport, BackwardStats, ParseModeError};
+#[cfg(feature = "flex")]
+pub use cpu_pool::{CpuPoolError, join_cpu_pool};
 pub use deq::{Deq, DeqConfig, DeqOutput};
 pub use error::DeqError;
 pub use function::{

@@ -131,6 +131,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     keep_freed_memory();
+    // The thread that drives the model works in Rayon's pool instead of handing every host
+    // kernel and parallel operation to a pool thread and sleeping (`deq_core::join_cpu_pool`).
+    // `RAYON_NUM_THREADS` counts it.
+    #[cfg(feature = "flex")]
+    if let Err(e) = deq_core::join_cpu_pool(None) {
+        eprintln!("warning: {e}; the CPU work runs on Rayon's default pool");
+    }
     match Cli::parse().command {
         None => commands::train(&TrainArgs::default()),
         Some(Command::Train(args)) => commands::train(&args),
