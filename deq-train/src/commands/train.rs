@@ -359,12 +359,18 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         &figure,
     )?;
     if summary.completed {
+        // Runs that end inside the unrolled pretraining have no backward of the DEQ to time.
+        let backward = match summary.median_backward_ms {
+            Some(ms) if ms.is_finite() => format!("median backward {ms:.1} ms per step"),
+            _ => "no equilibrium step (all pretraining), so no backward time".to_string(),
+        };
+        let accuracy = match summary.test_accuracy {
+            Some(a) => format!("test accuracy {:.2}%", 100.0 * a),
+            None => "no test accuracy".to_string(),
+        };
         println!(
-            "done: test accuracy {:.2}% after {} steps, {:.0} s of training; median backward {:.1} ms per step",
-            100.0 * summary.test_accuracy.unwrap_or(f64::NAN),
-            summary.steps,
-            summary.train_s,
-            summary.median_backward_ms.unwrap_or(f64::NAN)
+            "done: {accuracy} after {} steps, {:.0} s of training; {backward}",
+            summary.steps, summary.train_s,
         );
     } else {
         println!(
