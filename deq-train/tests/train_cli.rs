@@ -183,6 +183,47 @@ fn trains_evaluates_and_plots() {
     assert!(std::fs::metadata(&figure).unwrap().len() > 1000);
 }
 
+/// At one thread the CLI's thread is Rayon's only thread (`deq_core::join_cpu_pool`): data
+/// loading on threads of its own must still finish (nothing they run may wait for the pool).
+/// The run is all pretraining, so there is no equilibrium backward to time, and the summary
+/// says so instead of printing a NaN.
+#[test]
+fn loader_threads_at_one_thread_and_a_pretraining_only_run() {
+    let dir = temp_dir("one-thread-workers");
+    let out = dir.join("run");
+    let mut args = train_args(out.to_str().unwrap(), &["--workers", "2"]);
+    // QUICK's 12 steps, all of them pretraining.
+    let at = args.iter().position(|&a| a == "--pretrain-steps").unwrap();
+    args[at + 1] = "100";
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("deq-train starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().expect("deq-train runs").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "deq-train with 2 loader threads at RAYON_NUM_THREADS=1 did not finish in 120 s"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("deq-train output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("no equilibrium step"), "{text}");
+    assert!(!text.contains("NaN"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn resume_after_stop_matches_uninterrupted_run() {
     let dir = temp_dir("resume");
