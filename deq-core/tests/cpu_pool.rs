@@ -5,13 +5,9 @@ mod common;
 
 use std::thread;
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
 use common::*;
 use deq_core::{SolverConfig, SolverKind, StopMode, conv2d_same, join_cpu_pool};
-
-fn f32s<const D: usize>(values: Vec<f64>, shape: [usize; D]) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values, shape), (&device(), DType::F32))
-}
 
 /// A Broyden solve of `z ↦ tanh(conv(z) + x)` in `f32` on flex: the direct convolution and
 /// Broyden's product and step kernels, all on Rayon's pool. Returns `z*` and the iterations.

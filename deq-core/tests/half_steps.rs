@@ -4,13 +4,9 @@
 //! run.
 mod common;
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
 use common::*;
 use deq_core::{SolveStatus, SolverConfig, SolverKind, StepInverse, StepPrecision, StopMode};
-
-fn f32s(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values, shape), (&device(), DType::F32))
-}
 
 /// `z ↦ tanh(z W + b)` in `f32` with `‖W‖₂ = rho`.
 fn contractive(seed: u64, batch: usize, dim: usize, rho: f64) -> (Tensor<2>, Tensor<2>) {

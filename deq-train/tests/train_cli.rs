@@ -37,13 +37,18 @@ fn run(args: &[&str]) -> Output {
         .expect("deq-train runs")
 }
 
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    let text = format!(
+/// A finished run's standard output, then its standard error.
+fn text(out: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    let text = text(&out);
     assert!(out.status.success(), "deq-train {args:?} failed:\n{text}");
     text
 }
@@ -213,11 +218,7 @@ fn loader_threads_at_one_thread_and_a_pretraining_only_run() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = child.wait_with_output().expect("deq-train output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = text(&output);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("no equilibrium step"), "{text}");
     assert!(!text.contains("NaN"), "{text}");

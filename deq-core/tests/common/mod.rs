@@ -34,6 +34,14 @@ pub fn tensor2(values: Vec<f64>, shape: [usize; 2]) -> Tensor<2> {
     )
 }
 
+/// A tensor of any rank in `f32` on the test device (where flex runs its host kernels).
+pub fn f32s<const D: usize>(values: Vec<f64>, shape: [usize; D]) -> Tensor<D> {
+    Tensor::from_data(
+        TensorData::new(values, shape),
+        (&device(), burn::tensor::DType::F32),
+    )
+}
+
 /// The values of a tensor of any rank (consumed), in f64.
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data().iter::<f64>().collect()
